@@ -1,0 +1,41 @@
+//! The gRPC services: thin adapters that authorize the caller, validate request-level fields, call
+//! the domain, and convert the result. No SQL and no business rule lives here. The REST shim calls these
+//! same implementations in-process.
+
+mod admin;
+mod agents;
+mod flows;
+mod runs;
+
+use std::sync::Arc;
+
+pub use admin::AdminApi;
+pub use agents::AgentApi;
+pub use flows::FlowApi;
+pub use runs::RunApi;
+
+use crate::{agents::Agents, auth::Authenticator, store::Db};
+
+/// What every service shares.
+pub struct AppState {
+    pub db: Db,
+    pub agents: Agents,
+    pub auth: Arc<Authenticator>,
+}
+
+impl AppState {
+    pub fn new(db: Db) -> Arc<AppState> {
+        Arc::new(AppState {
+            agents: Agents::new(db.clone()),
+            auth: Arc::new(Authenticator::new(db.clone())),
+            db,
+        })
+    }
+}
+
+/// `Result` of a handler: domain errors become `Status` through `?` and `From<Error>`.
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
+fn ok<T>(v: T) -> Reply<T> {
+    Ok(tonic::Response::new(v))
+}

@@ -1,0 +1,182 @@
+//! The server: gRPC (the four services, health, reflection v1 and v1alpha) and HTTP on two listeners,
+//! sharing one [`AppState`]. Shutdown is graceful: health turns NOT_SERVING first, then both servers stop
+//! accepting and drain the requests in flight.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, http::StatusCode, routing::get};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::{
+    api::{AdminApi, AgentApi, AppState, FlowApi, RunApi},
+    auth::AuthLayer,
+    config::Settings,
+    error::{Error, Result},
+    pb::{
+        FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer,
+        agent_service_server::AgentServiceServer, flow_service_server::FlowServiceServer,
+        run_service_server::RunServiceServer,
+    },
+    store::Db,
+};
+
+/// Largest request accepted (the design's 4 MiB); larger ones are refused with RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+const SERVICES: &[&str] = &[
+    "agentry.v1.AgentService",
+    "agentry.v1.RunService",
+    "agentry.v1.FlowService",
+    "agentry.v1.AdminService",
+];
+
+pub struct Server {
+    grpc: TcpListener,
+    http: TcpListener,
+    state: Arc<AppState>,
+    bootstrap_secret: Option<String>,
+}
+
+impl Server {
+    /// Opens the database (applying migrations), bootstraps an empty one, and binds both listeners.
+    pub async fn bind(settings: &Settings) -> Result<Server> {
+        let db = Db::connect(&settings.database_url).await?;
+        let bootstrap_secret =
+            crate::admin::bootstrap(&db, settings.bootstrap_key.as_deref()).await?;
+        let grpc = TcpListener::bind(settings.grpc_addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen on {}: {e}", settings.grpc_addr))
+        })?;
+        let http = TcpListener::bind(settings.http_addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen on {}: {e}", settings.http_addr))
+        })?;
+        Ok(Server {
+            grpc,
+            http,
+            state: AppState::new(db),
+            bootstrap_secret,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The admin key created on an empty database (None when the database had data).
+    pub fn bootstrap_secret(&self) -> Option<&str> {
+        self.bootstrap_secret.as_deref()
+    }
+
+    /// Serves until `shutdown` completes, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for s in SERVICES {
+            health.set_service_status(*s, ServingStatus::Serving).await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(Error::internal)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(Error::internal)?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = self.state.clone();
+        let grpc = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // Without keepalive a peer that vanished keeps its streams open forever.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(AuthLayer::new(state.auth.clone()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                AgentServiceServer::new(AgentApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(RunServiceServer::new(RunApi).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(
+                FlowServiceServer::new(FlowApi).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                stopped(stop_rx.clone()),
+            );
+
+        let draining = stop_rx.clone();
+        let http_app = Router::new().route(
+            "/healthz",
+            get(move || {
+                let draining = *draining.borrow();
+                async move {
+                    if draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                    } else {
+                        (StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        );
+        let http = axum::serve(self.http, http_app).with_graceful_shutdown(stopped(stop_rx));
+
+        let grpc_task = tokio::spawn(grpc);
+        let http_task = tokio::spawn(async move { http.await });
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining requests in flight");
+        for s in SERVICES {
+            health
+                .set_service_status(*s, ServingStatus::NotServing)
+                .await;
+        }
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(true);
+        let grpc_res = grpc_task.await.map_err(Error::internal)?;
+        let http_res = http_task.await.map_err(Error::internal)?;
+        state.db.clone().close().await;
+        grpc_res.map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
+        http_res.map_err(|e| Error::internal(format!("HTTP server: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

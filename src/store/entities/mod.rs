@@ -1,0 +1,11 @@
+//! sea-orm entities, one per table of `migration/`. Protobuf-shaped payloads are stored as encoded
+//! bytes in `spec` columns; the columns beside them exist for filtering, ordering and joins.
+
+pub mod agent;
+pub mod agent_version;
+pub mod api_key;
+pub mod hire;
+pub mod run;
+pub mod webhook;
+pub mod webhook_delivery;
+pub mod workspace;
