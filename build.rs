@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "proto/agentry/v1/runs.proto",
     "proto/agentry/v1/flows.proto",
     "proto/agentry/v1/admin.proto",
+    // Only for the descriptor set: lets reflection clients decode google.rpc.BadRequest error details.
+    "proto/google/rpc/error_details.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -82,14 +82,8 @@ impl Server {
             health.set_service_status(*s, ServingStatus::Serving).await;
         }
         health.set_service_status("", ServingStatus::Serving).await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(Error::internal)?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(Error::internal)?;
+        let reflection_v1 = reflection().build_v1().map_err(Error::internal)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::internal)?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = self.state.clone();
@@ -156,6 +150,17 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A reflection builder knowing every service this server exposes, so that both protocol versions list
+/// them all (grpcurl 1.8 speaks only v1alpha; newer clients use v1).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

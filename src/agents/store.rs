@@ -365,14 +365,16 @@ impl Agents {
             return Ok(HashMap::new());
         }
         let status = || Expr::col(run::Column::Status);
+        // SUM of integers is NUMERIC on PostgreSQL: cast it back to BIGINT for both backends.
         let count_of = |statuses: &[RunStatus]| {
-            Func::sum(
+            Expr::expr(Func::sum(
                 Expr::case(
                     status().is_in(statuses.iter().map(|s| *s as i32)),
                     Expr::val(1i64),
                 )
                 .finally(Expr::val(0i64)),
-            )
+            ))
+            .cast_as(Alias::new("BIGINT"))
         };
         let q = Query::select()
             .column(run::Column::AgentId)
