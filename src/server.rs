@@ -19,7 +19,7 @@ use crate::{
         agent_service_server::AgentServiceServer, flow_service_server::FlowServiceServer,
         run_service_server::RunServiceServer,
     },
-    store::Db,
+    store::{Db, invalidate},
 };
 
 /// Largest request accepted (the design's 4 MiB); larger ones are refused with RESOURCE_EXHAUSTED.
@@ -87,6 +87,9 @@ impl Server {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = self.state.clone();
+        let forget_state = state.clone();
+        let forget = Arc::new(move |w| forget_state.forget(w));
+        let listener = invalidate::listen(&state.db, forget, stop_rx.clone());
         let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             // Without keepalive a peer that vanished keeps its streams open forever.
@@ -144,6 +147,9 @@ impl Server {
         let _ = stop_tx.send(true);
         let grpc_res = grpc_task.await.map_err(Error::internal)?;
         let http_res = http_task.await.map_err(Error::internal)?;
+        if let Some(listener) = listener {
+            let _ = listener.await;
+        }
         state.db.clone().close().await;
         grpc_res.map_err(|e| Error::internal(format!("gRPC server: {e}")))?;
         http_res.map_err(|e| Error::internal(format!("HTTP server: {e}")))?;

@@ -1,8 +1,8 @@
 //! A read-through cache of live agent definitions, so that GetAgent (and, later, every run start) does
 //! not pay a database read. Writers invalidate after commit. A reader that missed fills the cache only if
 //! no invalidation happened since it started reading (the epoch check), so a stale read racing an update
-//! can never be cached over it. On PostgreSQL, where other replicas may change an agent, entries also
-//! expire after a short TTL.
+//! can never be cached over it. On PostgreSQL, other replicas announce their changes (see
+//! `store::invalidate`); entries also expire after a TTL, as a safety net.
 
 use std::{
     collections::HashMap,
@@ -35,7 +35,7 @@ impl AgentCache {
     pub fn new(backend: DbBackend) -> Self {
         let ttl = match backend {
             DbBackend::Sqlite => Duration::from_secs(300),
-            _ => Duration::from_secs(2),
+            _ => Duration::from_secs(30),
         };
         AgentCache {
             map: RwLock::new(HashMap::new()),
@@ -72,6 +72,12 @@ impl AgentCache {
         map.entry(ws.to_owned())
             .or_default()
             .insert(id.to_owned(), entry);
+    }
+
+    pub fn clear(&self) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        map.clear();
     }
 
     pub fn invalidate(&self, ws: &str, id: &str) {

@@ -24,6 +24,7 @@ use crate::{
     store::{
         Db, cursor,
         entities::{agent, agent_version},
+        invalidate::{self, Invalidation},
         time::{now_micros, to_timestamp},
     },
 };
@@ -50,6 +51,26 @@ impl Agents {
         }
     }
 
+    /// Drops cached copies after another process announced a change (`None`: everything).
+    pub fn forget(&self, agent: Option<(&str, &str)>) {
+        match agent {
+            Some((ws, id)) => self.cache.invalidate(ws, id),
+            None => self.cache.clear(),
+        }
+    }
+
+    /// After a committed change: drop the local copy and tell the other processes.
+    async fn changed(&self, ws: &str, id: &str) {
+        self.cache.invalidate(ws, id);
+        let what = Invalidation::Agent {
+            workspace_id: ws.to_owned(),
+            agent_id: id.to_owned(),
+        };
+        if let Err(e) = invalidate::publish(&self.db, &what).await {
+            tracing::warn!(error = %e, "could not announce an agent change to other replicas");
+        }
+    }
+
     pub async fn create(&self, ws: &str, mut agent: Agent) -> Result<Agent> {
         validate::normalize_new(&mut agent);
         let generated = agent.id.is_empty();
@@ -60,7 +81,7 @@ impl Agents {
         let txn = self.db.writer().begin().await?;
         let created = insert_agent(&txn, ws, agent, generated).await?;
         txn.commit().await?;
-        self.cache.invalidate(ws, &created.id);
+        self.changed(ws, &created.id).await;
         Ok(created)
     }
 
@@ -190,7 +211,7 @@ impl Agents {
             }
             insert_version(&txn, ws, &next, now).await?;
             txn.commit().await?;
-            self.cache.invalidate(ws, &next.id);
+            self.changed(ws, &next.id).await;
             return Ok(next);
         }
         Err(Error::Aborted(
@@ -207,10 +228,10 @@ impl Agents {
             .filter(agent::Column::DeleteTime.is_null())
             .exec(self.db.writer())
             .await?;
-        self.cache.invalidate(ws, id);
         if res.rows_affected == 0 {
             return Err(not_found(id));
         }
+        self.changed(ws, id).await;
         Ok(())
     }
 

@@ -79,7 +79,7 @@ fn parse_builtin(slug: &str, json: &str) -> Result<StoreAgent> {
 fn matches(a: &Agent, req: &ListStoreAgentsRequest) -> bool {
     let q = req.query.to_lowercase();
     (req.category.is_empty() || a.category == req.category)
-        && (req.capability.is_empty() || a.capabilities.iter().any(|c| *c == req.capability))
+        && (req.capability.is_empty() || a.capabilities.contains(&req.capability))
         && (q.is_empty()
             || a.name.to_lowercase().contains(&q)
             || a.description.to_lowercase().contains(&q))
@@ -131,9 +131,14 @@ impl Agents {
         let more = rows.len() as u64 > want;
         rows.truncate(want as usize);
         let next = if more {
-            rows.last()
-                .map(|(ws, id, _)| cursor::encode("store", &["p", ws, id]))
-                .unwrap_or_default()
+            match rows.last() {
+                Some((ws, id, _)) => cursor::encode("store", &["p", ws, id]),
+                // Built-ins filled the page and public agents follow: resume after the last built-in.
+                None => {
+                    let last = out.last().expect("want == 0 means the page is full");
+                    cursor::encode("store", &["b", &last.slug, ""])
+                }
+            }
         } else {
             String::new()
         };
@@ -304,7 +309,7 @@ impl Agents {
         .exec_without_returning(&txn)
         .await?;
         txn.commit().await?;
-        self.cache.invalidate(ws, &id);
+        self.changed(ws, &id).await;
         Ok(created)
     }
 

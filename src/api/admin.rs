@@ -15,7 +15,11 @@ use crate::{
         ListWebhookDeliveriesRequest, ListWebhookDeliveriesResponse, ListWebhooksRequest,
         ListWebhooksResponse, RevokeApiKeyRequest, Workspace, admin_service_server::AdminService,
     },
-    store::{entities::workspace, time::to_timestamp},
+    store::{
+        entities::workspace,
+        invalidate::{self, Invalidation},
+        time::to_timestamp,
+    },
 };
 
 pub struct AdminApi {
@@ -75,6 +79,10 @@ impl AdminService for AdminApi {
         c.require(Scope::Admin)?;
         let key = keys::revoke(self.state.db.writer(), &c.workspace_id, &req.get_ref().id).await?;
         self.state.auth.invalidate_key(&key.id);
+        let what = Invalidation::ApiKey {
+            key_id: key.id.clone(),
+        };
+        invalidate::publish(&self.state.db, &what).await?;
         ok(key)
     }
 

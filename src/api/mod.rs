@@ -14,7 +14,11 @@ pub use agents::AgentApi;
 pub use flows::FlowApi;
 pub use runs::RunApi;
 
-use crate::{agents::Agents, auth::Authenticator, store::Db};
+use crate::{
+    agents::Agents,
+    auth::Authenticator,
+    store::{Db, invalidate::Invalidation},
+};
 
 /// What every service shares.
 pub struct AppState {
@@ -30,6 +34,21 @@ impl AppState {
             auth: Arc::new(Authenticator::new(db.clone())),
             db,
         })
+    }
+
+    /// Applies a change announced by another process to this one's caches.
+    pub fn forget(&self, what: Invalidation) {
+        match what {
+            Invalidation::ApiKey { key_id } => self.auth.invalidate_key(&key_id),
+            Invalidation::Agent {
+                workspace_id,
+                agent_id,
+            } => self.agents.forget(Some((&workspace_id, &agent_id))),
+            Invalidation::All => {
+                self.auth.clear();
+                self.agents.forget(None);
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Resolves a request's API key to a [`Caller`], with a small cache: without it, every RPC would pay a
 //! database round trip for the key. A cached entry lives for a short TTL and is dropped at once when its
-//! key is revoked on this server, so a revoked key stops working immediately here (and within the TTL on
-//! other replicas sharing a PostgreSQL database).
+//! key is revoked; other replicas sharing a PostgreSQL database drop it when the revocation is announced
+//! (see `store::invalidate`), so a revoked key stops working at once everywhere.
 
 use std::{
     collections::HashMap,
@@ -64,6 +64,13 @@ impl Authenticator {
             },
         );
         Ok(caller)
+    }
+
+    pub fn clear(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Forgets every cached caller of key `key_id` (after a revocation).

@@ -7,6 +7,7 @@
 
 pub mod cursor;
 pub mod entities;
+pub mod invalidate;
 pub mod migration;
 pub mod time;
 

@@ -104,6 +104,15 @@ impl TestDb {
         }
     }
 
+    /// Another handle on the same database (for a second server on it); dropping it drops nothing.
+    pub fn share(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            dir: None,
+            pg: None,
+        }
+    }
+
     pub async fn drop_db(&mut self) {
         if let Some((admin_url, name)) = self.pg.take()
             && let Ok(mut c) = PgConnection::connect(&admin_url).await
