@@ -22,7 +22,8 @@ use crate::{
     store::{Db, invalidate},
 };
 
-/// Largest request accepted (the design's 4 MiB); larger ones are refused with RESOURCE_EXHAUSTED.
+/// Largest request accepted (4 MiB). tonic refuses a larger one with OUT_OF_RANGE ("decoded message
+/// length too large"), before any handler runs.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 const SERVICES: &[&str] = &[
     "agentry.v1.AgentService",
