@@ -4,9 +4,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -91,8 +91,13 @@ impl Server {
         let forget_state = state.clone();
         let forget = Arc::new(move |w| forget_state.forget(w));
         let listener = invalidate::listen(&state.db, forget, stop_rx.clone());
+        // The builder's tcp_nodelay does not apply to a listener we bind ourselves: without TCP_NODELAY
+        // on accepted sockets, Nagle's algorithm holds multi-segment responses for the peer's delayed
+        // ACK (a flat ~40 ms per ListAgents call).
+        let incoming = TcpIncoming::from(self.grpc)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let grpc = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             // Without keepalive a peer that vanished keeps its streams open forever.
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -112,10 +117,7 @@ impl Server {
                 AdminServiceServer::new(AdminApi::new(state.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
-                stopped(stop_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let draining = stop_rx.clone();
         let http_app = Router::new().route(
@@ -131,7 +133,10 @@ impl Server {
                 }
             }),
         );
-        let http = axum::serve(self.http, http_app).with_graceful_shutdown(stopped(stop_rx));
+        let http_listener = self.http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(http_listener, http_app).with_graceful_shutdown(stopped(stop_rx));
 
         let grpc_task = tokio::spawn(grpc);
         let http_task = tokio::spawn(async move { http.await });
