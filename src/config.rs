@@ -74,9 +74,16 @@ pub struct ServeArgs {
     /// HTTP listen address (default 127.0.0.1:8080).
     #[arg(long, env = "AGENTRY_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Runs executing at once in this process.
+    #[arg(long, env = "AGENTRY_RUN_CONCURRENCY", default_value_t = 256)]
+    pub run_concurrency: usize,
     /// The admin key created on an empty database, instead of a random one.
     #[arg(long, env = "AGENTRY_BOOTSTRAP_KEY", hide_env_values = true)]
     pub bootstrap_key: Option<String>,
+    /// Origins allowed to call the REST API from a browser (CORS): a comma-separated list, or `*`.
+    /// Default: none (no CORS headers).
+    #[arg(long, env = "AGENTRY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// The `--config` file.
@@ -86,6 +93,12 @@ pub struct FileConfig {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub database_url: Option<String>,
+    /// Model providers by name (`[providers.<name>]`), see `models::config`.
+    #[serde(default)]
+    pub providers: std::collections::HashMap<String, crate::models::config::ProviderConfig>,
+    /// Per-model prices (`[prices."provider/model"]`), USD per million tokens.
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, crate::models::Price>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -95,6 +108,12 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub database_url: String,
     pub bootstrap_key: Option<String>,
+    /// `--cors-origins`: exact origins, or `*`; empty: no CORS.
+    pub cors_origins: Vec<String>,
+    /// Model providers and prices (built-in `scripted` plus the config file's).
+    pub models: crate::models::Models,
+    /// Runs executing at once in this process.
+    pub run_concurrency: usize,
 }
 
 impl FileConfig {
@@ -137,9 +156,17 @@ impl ServeArgs {
                 .db
                 .database_url
                 .clone()
-                .or(file.database_url)
+                .or(file.database_url.clone())
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             bootstrap_key: self.bootstrap_key.clone().filter(|k| !k.is_empty()),
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            models: crate::models::config::build_models(&file)?,
+            run_concurrency: self.run_concurrency,
         })
     }
 }

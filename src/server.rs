@@ -8,6 +8,7 @@ use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tower::Layer as _;
 
 use crate::{
     api::{AdminApi, AgentApi, AppState, FlowApi, RunApi},
@@ -21,6 +22,9 @@ use crate::{
     },
     store::{Db, invalidate},
 };
+
+/// How long shutdown waits for requests in flight before closing them.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Largest request accepted (4 MiB). tonic refuses a larger one with OUT_OF_RANGE ("decoded message
 /// length too large"), before any handler runs.
@@ -37,6 +41,8 @@ pub struct Server {
     http: TcpListener,
     state: Arc<AppState>,
     bootstrap_secret: Option<String>,
+    cors_origins: Vec<String>,
+    run_concurrency: usize,
 }
 
 impl Server {
@@ -54,8 +60,10 @@ impl Server {
         Ok(Server {
             grpc,
             http,
-            state: AppState::new(db),
+            state: AppState::new(db, settings.models.clone()),
             bootstrap_secret,
+            cors_origins: settings.cors_origins.clone(),
+            run_concurrency: settings.run_concurrency,
         })
     }
 
@@ -78,7 +86,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then drains and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (mut health, health_service) = tonic_health::server::health_reporter();
         for s in SERVICES {
             health.set_service_status(*s, ServingStatus::Serving).await;
         }
@@ -91,32 +99,30 @@ impl Server {
         let forget_state = state.clone();
         let forget = Arc::new(move |w| forget_state.forget(w));
         let listener = invalidate::listen(&state.db, forget, stop_rx.clone());
+        let engine = state.runs.engine(
+            state.models.clone(),
+            state.tools.clone(),
+            self.run_concurrency,
+        );
+        let engine_task = engine.spawn(stop_rx.clone());
         // The builder's tcp_nodelay does not apply to a listener we bind ourselves: without TCP_NODELAY
         // on accepted sockets, Nagle's algorithm holds multi-segment responses for the peer's delayed
         // ACK (a flat ~40 ms per ListAgents call).
         let incoming = TcpIncoming::from(self.grpc)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
+        // The services are built once: the gRPC listener serves them, and the REST shim calls the same
+        // ones in-process, behind the same auth layer.
+        let api = api_routes(&state);
         let grpc = tonic::transport::Server::builder()
             // Without keepalive a peer that vanished keeps its streams open forever.
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(AuthLayer::new(state.auth.clone()))
+            .add_routes(api.clone())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                AgentServiceServer::new(AgentApi::new(state.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(RunServiceServer::new(RunApi).max_decoding_message_size(MAX_REQUEST_BYTES))
-            .add_service(
-                FlowServiceServer::new(FlowApi).max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                AdminServiceServer::new(AdminApi::new(state.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let draining = stop_rx.clone();
@@ -133,6 +139,8 @@ impl Server {
                 }
             }),
         );
+        let rest = crate::rest::router(AuthLayer::new(state.auth.clone()).layer(api))?;
+        let http_app = crate::rest::layers(http_app.merge(rest), &self.cors_origins)?;
         let http_listener = self.http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
@@ -150,9 +158,32 @@ impl Server {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        // Open WatchRun streams end (clients resume from their last seq); the engine hands its runs
+        // back to the queue; the servers drain.
+        state.runs.close();
         let _ = stop_tx.send(true);
-        let grpc_res = grpc_task.await.map_err(Error::internal)?;
-        let http_res = http_task.await.map_err(Error::internal)?;
+        // A health Watch stream never ends on its own and would hold the drain open forever: with the
+        // statuses removed, each watcher gets the NOT_SERVING above, then the end of its stream.
+        for s in SERVICES.iter().copied().chain([""]) {
+            health.clear_service_status(s).await;
+        }
+        let _ = engine_task.await;
+        // Requests in flight get DRAIN_DEADLINE to finish; a stream still open then (a client that
+        // never hangs up) is cut, so that shutdown always completes.
+        let grpc_abort = grpc_task.abort_handle();
+        let http_abort = http_task.abort_handle();
+        let drained =
+            tokio::time::timeout(DRAIN_DEADLINE, async { (grpc_task.await, http_task.await) })
+                .await;
+        let (grpc_res, http_res) = match drained {
+            Ok((g, h)) => (g.map_err(Error::internal)?, h.map_err(Error::internal)?),
+            Err(_) => {
+                tracing::warn!("requests still open after {DRAIN_DEADLINE:?}: closing them");
+                grpc_abort.abort();
+                http_abort.abort();
+                (Ok(()), Ok(()))
+            }
+        };
         if let Some(listener) = listener {
             let _ = listener.await;
         }
@@ -162,6 +193,24 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The four API services (not health or reflection), for the gRPC listener and the REST shim.
+fn api_routes(state: &Arc<AppState>) -> tonic::service::Routes {
+    tonic::service::Routes::new(
+        AgentServiceServer::new(AgentApi::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        RunServiceServer::new(RunApi::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(FlowServiceServer::new(FlowApi).max_decoding_message_size(MAX_REQUEST_BYTES))
+    .add_service(
+        AdminServiceServer::new(AdminApi::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .prepare()
 }
 
 /// A reflection builder knowing every service this server exposes, so that both protocol versions list

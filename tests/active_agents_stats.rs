@@ -27,6 +27,13 @@ async fn insert_run(db: &Db, ws: &str, agent_id: &str, status: RunStatus, create
         create_time: Set(create_time),
         start_time: Set(None),
         end_time: Set(None),
+        checkpoint: Set(None),
+        cancel_requested: Set(false),
+        update_time: Set(create_time),
+        model: Set("scripted/echo".into()),
+        input_tokens: Set(0),
+        output_tokens: Set(0),
+        cost_usd: Set(0.0),
     })
     .exec_without_returning(db.writer())
     .await

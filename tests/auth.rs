@@ -583,16 +583,24 @@ async fn runs_and_flows_need_a_key(backend: Backend) {
     );
     expect_code(bad.get_run(run()).await, Code::Unauthenticated);
 
+    // With a key: RunService answers (a run that does not exist is NOT_FOUND, the list is empty).
     expect_code(
         srv.runs(&srv.admin_key).await.get_run(run()).await,
-        Code::Unimplemented,
+        Code::NotFound,
     );
+    let listed = srv
+        .runs(&srv.admin_key)
+        .await
+        .list_runs(ListRunsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty());
+    // A key without agents:read cannot read runs.
+    let admin_only = srv.workspace_key("admins-only", "admin").await;
     expect_code(
-        srv.runs(&srv.admin_key)
-            .await
-            .list_runs(ListRunsRequest::default())
-            .await,
-        Code::Unimplemented,
+        srv.runs(&admin_only).await.get_run(run()).await,
+        Code::PermissionDenied,
     );
     let get_flow = GetFlowRequest {
         id: "f".into(),

@@ -32,6 +32,8 @@ use cache::AgentCache;
 
 pub struct Agents {
     db: Db,
+    /// Model providers configured on this server (agents may only name these).
+    providers: Vec<String>,
     cache: AgentCache,
     catalog: store::Catalog,
 }
@@ -42,10 +44,11 @@ pub type Page<T> = (Vec<T>, String);
 const UPDATE_RETRIES: usize = 5;
 
 impl Agents {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, providers: Vec<String>) -> Self {
         let cache = AgentCache::new(db.backend());
         Agents {
             db,
+            providers,
             cache,
             catalog: store::Catalog::builtin(),
         }
@@ -77,7 +80,7 @@ impl Agents {
         if generated {
             agent.id = validate::slugify(&agent.name);
         }
-        validate::check_agent("agent", &agent)?;
+        validate::check_agent("agent", &agent, &self.providers)?;
         let txn = self.db.writer().begin().await?;
         let created = insert_agent(&txn, ws, agent, generated).await?;
         txn.commit().await?;
@@ -191,7 +194,7 @@ impl Agents {
             if next.visibility == Visibility::Unspecified as i32 {
                 next.visibility = Visibility::Private as i32;
             }
-            validate::check_agent("agent", &next)?;
+            validate::check_agent("agent", &next, &self.providers)?;
             if next == before {
                 return Ok(before); // nothing changed: no new version
             }

@@ -67,7 +67,11 @@ fn parse_builtin(slug: &str, json: &str) -> Result<StoreAgent> {
             agent.id
         )));
     }
-    validate::check_agent(slug, &agent)?;
+    let defaults: Vec<String> = validate::DEFAULT_PROVIDERS
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect();
+    validate::check_agent(slug, &agent, &defaults)?;
     Ok(StoreAgent {
         slug: slug.to_owned(),
         source: StoreSource::Builtin as i32,

@@ -20,8 +20,9 @@ const MAX_SPEC_BYTES: usize = 1 << 20;
 pub const BUILTIN_TOOLS: &[&str] = &["http_request", "current_time", "memory"];
 /// Models of the built-in `scripted` provider.
 pub const SCRIPTED_MODELS: &[&str] = &["scripted/echo", "scripted/script"];
-/// Providers a model name may name.
-pub const PROVIDERS: &[&str] = &["scripted", "openai", "anthropic"];
+/// Providers every server has (built-in `scripted`, and `openai`/`anthropic` with their public
+/// endpoints); a server's config file may add more, which `Agents` passes to [`check_agent`].
+pub const DEFAULT_PROVIDERS: &[&str] = &["scripted", "openai", "anthropic"];
 
 /// `^[a-z0-9][a-z0-9_-]{0,254}$`
 pub fn is_slug(s: &str) -> bool {
@@ -91,7 +92,7 @@ pub fn fill_config_defaults(c: &mut AgentConfig) {
 }
 
 /// Checks a whole (normalised) agent. `p` is the request path of the agent message, e.g. "agent".
-pub fn check_agent(p: &str, a: &Agent) -> Result<()> {
+pub fn check_agent(p: &str, a: &Agent, providers: &[String]) -> Result<()> {
     check_slug(&format!("{p}.id"), &a.id)?;
     if a.name.trim().is_empty() {
         return Err(Error::invalid(format!("{p}.name"), "is required"));
@@ -114,7 +115,13 @@ pub fn check_agent(p: &str, a: &Agent) -> Result<()> {
             format!("at most {MAX_TEMPLATE} characters"),
         ));
     }
-    check_model(&format!("{p}.model"), &a.model, a.metadata.as_ref(), p)?;
+    check_model(
+        &format!("{p}.model"),
+        &a.model,
+        a.metadata.as_ref(),
+        p,
+        providers,
+    )?;
     if let Some(s) = &a.model_settings {
         if let Some(t) = s.temperature
             && !(0.0..=2.0).contains(&t)
@@ -168,7 +175,13 @@ pub fn check_agent(p: &str, a: &Agent) -> Result<()> {
     Ok(())
 }
 
-fn check_model(field: &str, model: &str, metadata: Option<&Struct>, p: &str) -> Result<()> {
+fn check_model(
+    field: &str,
+    model: &str,
+    metadata: Option<&Struct>,
+    p: &str,
+    providers: &[String],
+) -> Result<()> {
     if model.is_empty() {
         return Ok(()); // the server's default model at run time
     }
@@ -178,12 +191,12 @@ fn check_model(field: &str, model: &str, metadata: Option<&Struct>, p: &str) -> 
             "must be \"provider/model\", e.g. \"openai/gpt-4o-mini\"",
         ));
     };
-    if !PROVIDERS.contains(&provider) {
+    if !providers.iter().any(|p| p == provider) {
         return Err(Error::invalid(
             field,
             format!(
-                "unknown provider {provider:?}; known: {}",
-                PROVIDERS.join(", ")
+                "unknown provider {provider:?}; configured on this server: {}",
+                providers.join(", ")
             ),
         ));
     }

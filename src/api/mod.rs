@@ -17,20 +17,29 @@ pub use runs::RunApi;
 use crate::{
     agents::Agents,
     auth::Authenticator,
+    models::Models,
+    runs::Runs,
     store::{Db, invalidate::Invalidation},
+    tools::Tools,
 };
 
 /// What every service shares.
 pub struct AppState {
     pub db: Db,
     pub agents: Agents,
+    pub runs: Runs,
+    pub models: Models,
+    pub tools: Tools,
     pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
-    pub fn new(db: Db) -> Arc<AppState> {
+    pub fn new(db: Db, models: Models) -> Arc<AppState> {
         Arc::new(AppState {
-            agents: Agents::new(db.clone()),
+            agents: Agents::new(db.clone(), models.provider_names()),
+            runs: Runs::new(db.clone()),
+            models,
+            tools: crate::tools::builtin_tools(db.clone()),
             auth: Arc::new(Authenticator::new(db.clone())),
             db,
         })

@@ -11,7 +11,7 @@ mod scopes;
 use std::sync::Arc;
 
 pub use authenticator::Authenticator;
-pub use layer::AuthLayer;
+pub use layer::{AuthLayer, AuthService};
 pub use scopes::{Scope, Scopes};
 
 use crate::error::{Error, Result};

@@ -152,6 +152,11 @@ impl TestServer {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             bootstrap_key: Some(admin_key.clone()),
+            cors_origins: Vec::new(),
+            // As `agentry serve` without a config file: scripted, openai and anthropic.
+            models: agentry::models::config::build_models(&Default::default())
+                .expect("default models"),
+            run_concurrency: 256,
         };
         let server = Server::bind(&settings).await.expect("server starts");
         let (grpc_addr, http_addr) = (server.grpc_addr(), server.http_addr());

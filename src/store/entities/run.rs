@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "runs")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -22,6 +22,17 @@ pub struct Model {
     pub create_time: i64,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
+    /// The serialised conversation and progress of the run (see `runs::checkpoint`).
+    pub checkpoint: Option<String>,
+    /// Set by CancelRun; the worker holding the lease sees it when it renews.
+    pub cancel_requested: bool,
+    pub update_time: i64,
+    /// `provider/model` the run uses.
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    #[sea_orm(column_type = "Double")]
+    pub cost_usd: f64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

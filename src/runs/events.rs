@@ -1,0 +1,170 @@
+//! The run event log and its live fan-out. Events are appended to `run_events` with gapless sequence
+//! numbers in the same transaction as the run's state change, and only after that commit are they
+//! broadcast to watchers in this process. A watcher therefore never sees an event that is not durable,
+//! and a reconnecting client replays from the log what it missed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use prost::Message as _;
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, Func},
+};
+use tokio::sync::broadcast;
+
+use crate::{
+    error::{Error, Result},
+    pb::{RunEvent, run_event::Event},
+    store::{
+        entities::run_event,
+        time::{now_micros, to_timestamp},
+    },
+};
+
+/// Live events of one run, buffered per subscriber; a subscriber that falls this far behind is told
+/// it lagged and re-reads the log (a slow client never slows the run).
+const CHANNEL_CAPACITY: usize = 1024;
+
+pub fn kind(e: &Event) -> &'static str {
+    match e {
+        Event::RunQueued(_) => "run_queued",
+        Event::RunStarted(_) => "run_started",
+        Event::MessageDelta(_) => "message_delta",
+        Event::Message(_) => "message",
+        Event::ReasoningStep(_) => "reasoning_step",
+        Event::ToolCallStarted(_) => "tool_call_started",
+        Event::ToolCallCompleted(_) => "tool_call_completed",
+        Event::ApprovalRequired(_) => "approval_required",
+        Event::Usage(_) => "usage",
+        Event::RunCompleted(_) => "run_completed",
+        Event::RunFailed(_) => "run_failed",
+        Event::RunCancelled(_) => "run_cancelled",
+    }
+}
+
+/// Whether a watcher stops after this event (the run is terminal or waits for a human).
+pub fn ends_watch(e: &RunEvent) -> bool {
+    matches!(
+        e.event,
+        Some(
+            Event::RunCompleted(_)
+                | Event::RunFailed(_)
+                | Event::RunCancelled(_)
+                | Event::ApprovalRequired(_)
+        )
+    )
+}
+
+/// Appends `events` to run `run_id` inside the caller's transaction, numbering them after the last
+/// stored one. The caller must hold the run (lease, or a conditional status update in the same
+/// transaction) so that no other writer appends concurrently.
+pub async fn append(
+    txn: &impl ConnectionTrait,
+    workspace_id: &str,
+    run_id: &str,
+    events: Vec<Event>,
+) -> Result<Vec<RunEvent>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: Option<i64> = run_event::Entity::find()
+        .select_only()
+        .expr(Func::max(Expr::col(run_event::Column::Seq)))
+        .filter(run_event::Column::RunId.eq(run_id))
+        .into_tuple::<Option<i64>>()
+        .one(txn)
+        .await?
+        .flatten();
+    let now = now_micros();
+    let mut seq = last.unwrap_or(0);
+    let mut out = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let kind = kind(&e);
+        let ev = RunEvent {
+            run_id: run_id.to_owned(),
+            seq,
+            time: Some(to_timestamp(now)),
+            event: Some(e),
+        };
+        rows.push(run_event::ActiveModel {
+            run_id: Set(run_id.to_owned()),
+            seq: Set(seq),
+            workspace_id: Set(workspace_id.to_owned()),
+            kind: Set(kind.to_owned()),
+            data: Set(ev.encode_to_vec()),
+            time: Set(now),
+        });
+        out.push(ev);
+    }
+    run_event::Entity::insert_many(rows)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(out)
+}
+
+/// Stored events of a run after `after_seq`, at most `limit`, in order.
+pub async fn read(
+    db: &impl ConnectionTrait,
+    run_id: &str,
+    after_seq: i64,
+    limit: u64,
+) -> Result<Vec<RunEvent>> {
+    let rows = run_event::Entity::find()
+        .filter(run_event::Column::RunId.eq(run_id))
+        .filter(run_event::Column::Seq.gt(after_seq))
+        .order_by_asc(run_event::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            RunEvent::decode(r.data.as_slice())
+                .map_err(|e| Error::internal(format!("stored event: {e}")))
+        })
+        .collect()
+}
+
+/// In-process fan-out of committed events to the watchers of each run.
+#[derive(Default)]
+pub struct Hub {
+    runs: Mutex<HashMap<String, broadcast::Sender<Arc<RunEvent>>>>,
+}
+
+impl Hub {
+    pub fn subscribe(&self, run_id: &str) -> broadcast::Receiver<Arc<RunEvent>> {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.entry(run_id.to_owned())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Sends committed events to the run's watchers (nobody watching: nothing to do).
+    pub fn publish(&self, events: &[RunEvent]) {
+        let Some(first) = events.first() else { return };
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = runs.get(&first.run_id) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            runs.remove(&first.run_id);
+            return;
+        }
+        for e in events {
+            let _ = tx.send(Arc::new(e.clone()));
+        }
+    }
+
+    /// Drops the channel of a run nobody watches any more.
+    pub fn release(&self, run_id: &str) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if runs.get(run_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            runs.remove(run_id);
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! The agent loop of one claimed run: build the conversation (template, history, the user's message),
+//! then alternate model turns and tool calls until the model answers without tools, a tool needs a
+//! human, `max_steps` is reached, or the run is stopped. Each step commits its events and checkpoint in
+//! one transaction, conditional on still holding the lease.
+
+use futures_util::{FutureExt, StreamExt};
+use prost::Message as _;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::{
+    RunRequestExtras,
+    checkpoint::{Checkpoint, PendingCall},
+    decode_run,
+    engine::{Engine, LocalRun, StopReason},
+    events, json_struct, struct_json, template,
+};
+use crate::{
+    error::{Error, Result},
+    models::{Message, ModelError, ModelEvent, ModelRequest, Role, ToolCallRequest, ToolSpec},
+    pb::{
+        Agent, ApprovalRequired, ChatMessage, ErrorInfo, MessageDelta, Run, RunCancelled,
+        RunCompleted, RunFailed, RunOutput, RunStarted, RunStatus, ToolCall, ToolCallCompleted,
+        ToolCallStarted, Usage, run_event::Event, tool_call_completed::Outcome,
+    },
+    store::{
+        entities::{agent_version, run},
+        time::{now_micros, to_timestamp},
+    },
+    tools::ToolContext,
+};
+
+/// Most deltas written in one transaction while a model streams.
+const DELTA_BATCH: usize = 64;
+
+/// What became of the run when a commit was refused.
+struct LeaseLost;
+
+/// Runs `run_id` (claimed by this engine) until it finishes, pauses, or is stopped.
+pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRun) -> Result<()> {
+    let row = run::Entity::find_by_id(run_id.to_owned())
+        .one(engine.db.writer())
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let mut r = Runner {
+        engine,
+        ws,
+        run: decode_run(&row.spec)?,
+        local,
+    };
+    tracing::Span::current().record("trace_id", r.run.trace_id.as_str());
+    tracing::debug!(agent_id = %r.run.agent_id, "run claimed");
+    let agent = match load_agent(engine, ws, &r.run).await {
+        Ok(a) => a,
+        Err(e) => {
+            return r
+                .fail(&Checkpoint::default(), "agent_unavailable", &e.to_string())
+                .await;
+        }
+    };
+    let mut cp = match RunRequestExtras::decode(row.checkpoint.as_deref()) {
+        Some(extras) => match initial_conversation(engine, ws, &r.run, &agent, &extras).await {
+            Ok(messages) => Checkpoint {
+                messages,
+                ..Default::default()
+            },
+            Err(e) => {
+                return r
+                    .fail(&Checkpoint::default(), "template_error", &e.to_string())
+                    .await;
+            }
+        },
+        None => Checkpoint::decode(row.checkpoint.as_deref()),
+    };
+    if row.cancel_requested {
+        return r.stop(&cp, StopReason::Cancel).await;
+    }
+    let mut first = Vec::new();
+    if r.run.start_time.is_none() {
+        r.run.start_time = Some(to_timestamp(now_micros()));
+        first.push(Event::RunStarted(RunStarted {}));
+    }
+    r.run.status = RunStatus::Running as i32;
+    r.run.pending_tool_calls.clear();
+    if r.commit(&cp, first, RunStatus::Running).await.is_err() {
+        return Ok(());
+    }
+    let settings = agent.model_settings.unwrap_or_default();
+    let extras = RunRequestExtras::decode(row.checkpoint.as_deref()).unwrap_or_default();
+    let max_steps = agent
+        .config
+        .as_ref()
+        .and_then(|c| c.max_steps)
+        .unwrap_or(10)
+        .max(1) as u32;
+    loop {
+        if let Some(reason) = local.reason() {
+            return r.stop(&cp, reason).await;
+        }
+        // 1. The tool calls of the last turn: wait for humans, then run each once.
+        if !cp.pending.is_empty() {
+            if cp.pending.iter().any(PendingCall::awaits_decision) {
+                return r.require_action(&cp).await;
+            }
+            for i in 0..cp.pending.len() {
+                if cp.pending[i].outcome.is_some() {
+                    continue;
+                }
+                let span = tracing::info_span!("tool_call", name = %cp.pending[i].name, id = %cp.pending[i].id);
+                match r.run_tool(&mut cp, i, &agent).instrument(span).await {
+                    Ok(()) => {}
+                    Err(LeaseLost) => return Ok(()),
+                }
+                if let Some(reason) = local.reason() {
+                    return r.stop(&cp, reason).await;
+                }
+            }
+            for call in std::mem::take(&mut cp.pending) {
+                let content = match &call.outcome {
+                    Some(Ok(v)) => v.to_string(),
+                    Some(Err((code, msg))) => {
+                        serde_json::json!({"error": code, "message": msg}).to_string()
+                    }
+                    None => String::new(),
+                };
+                cp.messages.push(Message {
+                    tool_call_id: Some(call.id),
+                    ..Message::new(Role::Tool, content)
+                });
+            }
+        }
+        if cp.steps >= max_steps {
+            return r
+                .fail(
+                    &cp,
+                    "max_steps_exceeded",
+                    &format!("the agent took {max_steps} model turns without finishing"),
+                )
+                .await;
+        }
+        // 2. A model turn, streamed into message_delta events.
+        let (provider, model_name) = match engine.models.resolve(&r.run.model) {
+            Ok(p) => p,
+            Err(e) => return r.fail(&cp, e.code, &e.message).await,
+        };
+        let request = ModelRequest {
+            model: model_name.to_owned(),
+            messages: cp.messages.clone(),
+            tools: tool_specs(engine, &agent),
+            temperature: extras.temperature.or(settings.temperature),
+            max_tokens: extras.max_tokens.or(settings.max_tokens),
+            top_p: extras.top_p.or(settings.top_p),
+            metadata: struct_json(agent.metadata.as_ref()),
+        };
+        let step = tracing::info_span!("model_turn", step = cp.steps + 1, model = %r.run.model);
+        let turn = tokio::select! {
+            t = r.model_turn(&cp, provider.stream(request)).instrument(step) => t,
+            _ = local.token.cancelled() => return r.stop(&cp, local.reason().unwrap_or(StopReason::Shutdown)).await,
+        };
+        let (text, calls, input_tokens, output_tokens) = match turn {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return r.fail(&cp, e.code, &e.message).await,
+            Err(LeaseLost) => return Ok(()),
+        };
+        cp.steps += 1;
+        cp.input_tokens += input_tokens;
+        cp.output_tokens += output_tokens;
+        cp.cost_usd += engine
+            .models
+            .cost(&r.run.model, input_tokens, output_tokens);
+        cp.messages.push(Message {
+            tool_calls: calls.clone(),
+            ..Message::new(Role::Assistant, text.clone())
+        });
+        if calls.is_empty() {
+            return r.complete(&cp, &agent, text).await;
+        }
+        cp.pending = calls
+            .into_iter()
+            .map(|c| PendingCall {
+                requires_confirmation: agent
+                    .tools
+                    .iter()
+                    .any(|b| b.name == c.name && b.requires_confirmation),
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+                decision: None,
+                outcome: None,
+            })
+            .collect();
+        let usage = Event::Usage(r.usage(&cp));
+        if r.commit(&cp, vec![usage], RunStatus::Running)
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+struct Runner<'a> {
+    engine: &'a Engine,
+    ws: &'a str,
+    run: Run,
+    local: &'a LocalRun,
+}
+
+type Turn = (String, Vec<ToolCallRequest>, i64, i64);
+
+impl Runner<'_> {
+    /// Streams one model call; deltas are committed in batches of whatever arrived together.
+    async fn model_turn(
+        &mut self,
+        cp: &Checkpoint,
+        stream: impl Future<Output = Result<crate::models::ModelStream, ModelError>>,
+    ) -> Result<Result<Turn, ModelError>, LeaseLost> {
+        let mut stream = match stream.await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (mut text, mut calls, mut tin, mut tout) = (String::new(), Vec::new(), 0, 0);
+        while let Some(item) = stream.next().await {
+            let mut batch = Vec::new();
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(ModelEvent::Delta(d)) => {
+                        text.push_str(&d);
+                        batch.push(Event::MessageDelta(MessageDelta { text: d }));
+                    }
+                    Ok(ModelEvent::ToolCall(c)) => calls.push(c),
+                    Ok(ModelEvent::Usage {
+                        input_tokens,
+                        output_tokens,
+                    }) => {
+                        tin += input_tokens;
+                        tout += output_tokens;
+                    }
+                    Err(e) => return Ok(Err(e)),
+                }
+                if batch.len() < DELTA_BATCH {
+                    next = stream.next().now_or_never().flatten();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(cp, batch, RunStatus::Running).await?;
+            }
+        }
+        Ok(Ok((text, calls, tin, tout)))
+    }
+
+    /// Runs pending call `i` (or records its rejection) and commits its result with the checkpoint.
+    async fn run_tool(
+        &mut self,
+        cp: &mut Checkpoint,
+        i: usize,
+        agent: &Agent,
+    ) -> Result<(), LeaseLost> {
+        let call = cp.pending[i].clone();
+        let arguments = call
+            .decision
+            .as_ref()
+            .and_then(|d| d.arguments.clone())
+            .unwrap_or(call.arguments.clone());
+        let outcome = match &call.decision {
+            Some(d) if !d.approved => Err((
+                "rejected".to_owned(),
+                format!("the user rejected this call{}", reason_suffix(&d.reason)),
+            )),
+            _ => {
+                let started = ToolCallStarted {
+                    tool_call: Some(tool_call_pb(&call, Some(&arguments))),
+                };
+                self.commit(
+                    cp,
+                    vec![Event::ToolCallStarted(started)],
+                    RunStatus::Running,
+                )
+                .await?;
+                match self
+                    .engine
+                    .tools
+                    .get(&call.name)
+                    .filter(|_| agent.tools.iter().any(|b| b.name == call.name))
+                {
+                    None => Err((
+                        "unknown_tool".to_owned(),
+                        format!("the agent has no tool {:?}", call.name),
+                    )),
+                    Some(tool) => {
+                        let ctx = ToolContext {
+                            workspace_id: self.ws.to_owned(),
+                            user_id: self.run.user_id.clone(),
+                            session_id: self.run.session_id.clone(),
+                            run_id: self.run.id.clone(),
+                            config: agent
+                                .tools
+                                .iter()
+                                .find(|b| b.name == call.name)
+                                .map(|b| struct_json(b.config.as_ref()))
+                                .unwrap_or(Value::Null),
+                        };
+                        tool.call(&ctx, arguments)
+                            .await
+                            .map_err(|e| (e.code.to_owned(), e.message))
+                    }
+                }
+            }
+        };
+        let completed = ToolCallCompleted {
+            tool_call_id: call.id.clone(),
+            name: call.name.clone(),
+            outcome: Some(match &outcome {
+                Ok(v) => Outcome::Result(serde_json::from_value(v.clone()).unwrap_or_default()),
+                Err((code, message)) => Outcome::Error(ErrorInfo {
+                    code: code.clone(),
+                    message: message.clone(),
+                }),
+            }),
+        };
+        cp.pending[i].outcome = Some(outcome);
+        self.commit(
+            cp,
+            vec![Event::ToolCallCompleted(completed)],
+            RunStatus::Running,
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn usage(&self, cp: &Checkpoint) -> Usage {
+        Usage {
+            input_tokens: cp.input_tokens,
+            output_tokens: cp.output_tokens,
+            total_tokens: cp.input_tokens + cp.output_tokens,
+            cost_usd: cp.cost_usd,
+        }
+    }
+
+    async fn complete(&mut self, cp: &Checkpoint, agent: &Agent, text: String) -> Result<()> {
+        let structured = agent
+            .output_schema
+            .as_ref()
+            .and_then(|_| serde_json::from_str::<Value>(text.trim()).ok())
+            .and_then(|v| json_struct(&v));
+        let output = RunOutput {
+            content: text.clone(),
+            structured,
+            artifacts: Vec::new(),
+        };
+        let usage = self.usage(cp);
+        self.run.output = Some(output.clone());
+        self.run.usage = Some(usage);
+        self.run.end_time = Some(to_timestamp(now_micros()));
+        let evs = vec![
+            Event::Message(ChatMessage {
+                role: "assistant".into(),
+                content: text,
+            }),
+            Event::Usage(usage),
+            Event::RunCompleted(RunCompleted {
+                output: Some(output),
+                usage: Some(usage),
+            }),
+        ];
+        let _ = self.commit(cp, evs, RunStatus::Completed).await;
+        Ok(())
+    }
+
+    async fn fail(&mut self, cp: &Checkpoint, code: &str, message: &str) -> Result<()> {
+        let error = ErrorInfo {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        };
+        self.run.error = Some(error.clone());
+        self.run.usage = Some(self.usage(cp));
+        self.run.end_time = Some(to_timestamp(now_micros()));
+        let _ = self
+            .commit(
+                cp,
+                vec![Event::RunFailed(RunFailed { error: Some(error) })],
+                RunStatus::Failed,
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn require_action(&mut self, cp: &Checkpoint) -> Result<()> {
+        let calls: Vec<ToolCall> = cp
+            .pending
+            .iter()
+            .filter(|c| c.awaits_decision())
+            .map(|c| tool_call_pb(c, None))
+            .collect();
+        self.run.pending_tool_calls = calls.clone();
+        let ev = Event::ApprovalRequired(ApprovalRequired { tool_calls: calls });
+        let _ = self.commit(cp, vec![ev], RunStatus::RequiresAction).await;
+        Ok(())
+    }
+
+    /// Ends the run as `reason` asks: cancelled, handed back to the queue, or left to its new owner.
+    async fn stop(&mut self, cp: &Checkpoint, reason: StopReason) -> Result<()> {
+        match reason {
+            StopReason::LeaseLost => Ok(()),
+            StopReason::Shutdown => {
+                // The last committed checkpoint stays; whoever claims the run next continues from it.
+                let _ = self.commit_status_only(RunStatus::Queued).await;
+                Ok(())
+            }
+            StopReason::Cancel => {
+                self.run.end_time = Some(to_timestamp(now_micros()));
+                self.run.usage = Some(self.usage(cp));
+                let ev = Event::RunCancelled(RunCancelled {
+                    reason: "cancelled by request".into(),
+                });
+                let _ = self.commit(cp, vec![ev], RunStatus::Cancelled).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the run (spec, checkpoint, status) and appends `evs`, if this engine still holds the
+    /// lease; then publishes the events. A status other than RUNNING releases the lease.
+    async fn commit(
+        &mut self,
+        cp: &Checkpoint,
+        evs: Vec<Event>,
+        status: RunStatus,
+    ) -> Result<(), LeaseLost> {
+        self.run.status = status as i32;
+        let result = async {
+            let txn = self.engine.db.writer().begin().await?;
+            let now = now_micros();
+            let holds = status == RunStatus::Running;
+            let mut update = run::Entity::update_many()
+                .col_expr(run::Column::Spec, self.run.encode_to_vec().into())
+                .col_expr(run::Column::Checkpoint, Some(cp.encode()).into())
+                .col_expr(run::Column::Status, (status as i32).into())
+                .col_expr(run::Column::UpdateTime, now.into())
+                .col_expr(run::Column::InputTokens, cp.input_tokens.into())
+                .col_expr(run::Column::OutputTokens, cp.output_tokens.into())
+                .col_expr(run::Column::CostUsd, cp.cost_usd.into())
+                .filter(run::Column::Id.eq(self.run.id.as_str()))
+                .filter(run::Column::LeaseOwner.eq(self.engine.owner.as_str()))
+                .filter(run::Column::Status.eq(RunStatus::Running as i32));
+            if self.run.start_time.is_some() {
+                update = update.col_expr(
+                    run::Column::StartTime,
+                    self.run
+                        .start_time
+                        .as_ref()
+                        .and_then(crate::store::time::from_timestamp)
+                        .into(),
+                );
+            }
+            if !holds {
+                update = update
+                    .col_expr(run::Column::LeaseOwner, Option::<String>::None.into())
+                    .col_expr(run::Column::LeaseExpireTime, Option::<i64>::None.into());
+                if matches!(
+                    status,
+                    RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+                ) {
+                    update = update.col_expr(run::Column::EndTime, Some(now).into());
+                }
+            }
+            if update.exec(&txn).await?.rows_affected != 1 {
+                return Ok::<_, Error>(None);
+            }
+            let stored = events::append(&txn, self.ws, &self.run.id, evs).await?;
+            txn.commit().await?;
+            Ok(Some(stored))
+        }
+        .await;
+        match result {
+            Ok(Some(stored)) => {
+                self.engine.hub.publish(&stored);
+                Ok(())
+            }
+            Ok(None) => {
+                self.local.stop(StopReason::LeaseLost);
+                Err(LeaseLost)
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.run.id, error = %e, "run commit failed; the lease will expire and the run resume");
+                self.local.stop(StopReason::LeaseLost);
+                Err(LeaseLost)
+            }
+        }
+    }
+
+    async fn commit_status_only(&mut self, status: RunStatus) -> Result<()> {
+        run::Entity::update_many()
+            .col_expr(run::Column::Status, (status as i32).into())
+            .col_expr(run::Column::LeaseOwner, Option::<String>::None.into())
+            .col_expr(run::Column::LeaseExpireTime, Option::<i64>::None.into())
+            .filter(run::Column::Id.eq(self.run.id.as_str()))
+            .filter(run::Column::LeaseOwner.eq(self.engine.owner.as_str()))
+            .filter(run::Column::Status.eq(RunStatus::Running as i32))
+            .exec(self.engine.db.writer())
+            .await?;
+        Ok(())
+    }
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
+pub(super) fn tool_call_pb(c: &PendingCall, arguments: Option<&Value>) -> ToolCall {
+    ToolCall {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        arguments: json_struct(arguments.unwrap_or(&c.arguments)),
+        requires_confirmation: c.requires_confirmation,
+        decision: c.decision.as_ref().map(|d| crate::pb::ToolDecision {
+            tool_call_id: c.id.clone(),
+            approved: d.approved,
+            arguments: d.arguments.as_ref().and_then(json_struct),
+            reason: d.reason.clone(),
+        }),
+    }
+}
+
+/// The tools the agent binds that this server provides.
+fn tool_specs(engine: &Engine, agent: &Agent) -> Vec<ToolSpec> {
+    agent
+        .tools
+        .iter()
+        .filter_map(|b| engine.tools.get(&b.name))
+        .map(|t| ToolSpec {
+            name: t.name().to_owned(),
+            description: t.description().to_owned(),
+            parameters: t.parameters(),
+        })
+        .collect()
+}
+
+async fn load_agent(engine: &Engine, ws: &str, run: &Run) -> Result<Agent> {
+    let row =
+        agent_version::Entity::find_by_id((ws.to_owned(), run.agent_id.clone(), run.agent_version))
+            .one(engine.db.reader())
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "agent {:?} version {} is gone",
+                    run.agent_id, run.agent_version
+                ))
+            })?;
+    crate::agents::decode(&row.spec)
+}
+
+/// System prompt (the rendered template, or the request's override), the session's recent history,
+/// and the user's message.
+async fn initial_conversation(
+    engine: &Engine,
+    ws: &str,
+    run: &Run,
+    agent: &Agent,
+    extras: &RunRequestExtras,
+) -> Result<Vec<Message>> {
+    let mut messages = Vec::new();
+    let system = if extras.system_prompt.is_empty() {
+        template::render(&agent.template, run, extras)?
+    } else {
+        extras.system_prompt.clone()
+    };
+    if !system.trim().is_empty() {
+        messages.push(Message::new(Role::System, system));
+    }
+    let config = agent.config.clone().unwrap_or_default();
+    let history = config.num_history_runs.unwrap_or(3).max(0) as u64;
+    if config.enable_history.unwrap_or(true) && !run.session_id.is_empty() && history > 0 {
+        let rows = run::Entity::find()
+            .filter(run::Column::WorkspaceId.eq(ws))
+            .filter(run::Column::SessionId.eq(run.session_id.as_str()))
+            .filter(run::Column::Status.eq(RunStatus::Completed as i32))
+            .filter(run::Column::Id.ne(run.id.as_str()))
+            .order_by_desc(run::Column::CreateTime)
+            .limit(history)
+            .all(engine.db.reader())
+            .await?;
+        for r in rows.iter().rev() {
+            let Ok(past) = decode_run(&r.spec) else {
+                continue;
+            };
+            messages.push(Message::new(Role::User, user_text(&past)));
+            messages.push(Message::new(
+                Role::Assistant,
+                past.output.map(|o| o.content).unwrap_or_default(),
+            ));
+        }
+    }
+    messages.push(Message::new(Role::User, user_text(run)));
+    Ok(messages)
+}
+
+/// The run's message, or its input as JSON when it has no message.
+fn user_text(run: &Run) -> String {
+    if !run.message.is_empty() {
+        return run.message.clone();
+    }
+    match struct_json(run.input.as_ref()) {
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
