@@ -1,8 +1,14 @@
 //! Generates everything the crate derives from the contract in `proto/`:
 //! tonic servers and clients, proto3-JSON serde impls (pbjson), the encoded file descriptor set
-//! served by reflection, and the list of built-in store agents found in `store/`.
+//! served by reflection, the list of built-in store agents found in `store/`, and, from the
+//! `google.api.http` annotations, the REST route table and the OpenAPI document of the REST shim.
 
 use std::{env, fs, path::PathBuf};
+
+#[path = "build/openapi.rs"]
+mod openapi;
+#[path = "build/rest_routes.rs"]
+mod rest_routes;
 
 const PROTOS: &[&str] = &[
     "proto/agentry/v1/common.proto",
@@ -47,7 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build(&[".agentry"])?;
 
     write_builtin_store(&out)?;
+    write_rest(&out, &descriptors)?;
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-changed=store");
     Ok(())
 }
@@ -70,5 +78,26 @@ fn write_builtin_store(out: &std::path::Path) -> Result<(), Box<dyn std::error::
     }
     code.push_str("];\n");
     fs::write(out.join("builtin_store.rs"), code)?;
+    Ok(())
+}
+
+/// `rest_routes.rs` (the shim's route table) and `openapi.json`, both from the `google.api.http` rules.
+fn write_rest(out: &std::path::Path, descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = prost_reflect::DescriptorPool::decode(descriptors)?;
+    let bindings = rest_routes::bindings(&pool, "agentry.v1")?;
+    fs::write(
+        out.join("rest_routes.rs"),
+        rest_routes::rust_table(&bindings),
+    )?;
+    let doc = openapi::document(
+        &pool,
+        &bindings,
+        "agentry.v1",
+        &env::var("CARGO_PKG_VERSION")?,
+    )?;
+    fs::write(
+        out.join("openapi.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
     Ok(())
 }
