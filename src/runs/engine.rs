@@ -314,23 +314,9 @@ impl Engine {
         Ok(())
     }
 
-    /// `?` placeholders become `$1, $2...` on PostgreSQL.
-    pub(crate) fn sql(&self, sql: &str) -> String {
-        if self.db.backend() != DbBackend::Postgres {
-            return sql.to_owned();
-        }
-        let mut out = String::with_capacity(sql.len() + 16);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
-        }
-        out
+    /// Raw SQL for this engine's backend.
+    fn sql(&self, sql: &str) -> String {
+        crate::store::placeholders(self.db.backend(), sql)
     }
 
     pub fn concurrency(&self) -> usize {

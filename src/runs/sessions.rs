@@ -6,7 +6,7 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 
-use super::{Runs, decode_run, struct_json, usage::placeholders};
+use super::{Runs, decode_run, struct_json};
 use crate::{
     agents::{Page, page},
     error::{Error, Result},
@@ -14,6 +14,7 @@ use crate::{
     store::{
         cursor,
         entities::{memory, run, run_event},
+        placeholders,
         time::to_timestamp,
     },
 };

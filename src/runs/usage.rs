@@ -85,7 +85,7 @@ impl Runs {
             let g = group.join(", ");
             sql.push_str(&format!(" GROUP BY {g} ORDER BY {g}"));
         }
-        let sql = placeholders(backend, &sql);
+        let sql = crate::store::placeholders(backend, &sql);
         let rows = self
             .db
             .reader()
@@ -137,23 +137,4 @@ impl Runs {
             total: Some(total),
         })
     }
-}
-
-/// `?` placeholders become `$1, $2...` on PostgreSQL.
-pub(crate) fn placeholders(backend: DbBackend, sql: &str) -> String {
-    if backend != DbBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

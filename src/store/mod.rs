@@ -142,3 +142,22 @@ impl Db {
         let _ = self.write.close().await;
     }
 }
+
+/// Raw SQL for this backend: `?` placeholders become `$1, $2...` on PostgreSQL.
+pub(crate) fn placeholders(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
