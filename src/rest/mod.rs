@@ -20,6 +20,7 @@
 mod errors;
 mod grpc;
 mod json_out;
+mod json_wkt;
 mod middleware;
 mod routes;
 mod sse;

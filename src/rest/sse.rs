@@ -181,4 +181,67 @@ mod tests {
         assert!(text.contains(r#""text":"Hello\nworld""#), "{text}");
         assert!(text.contains(r#""seq":"7""#), "{text}");
     }
+
+    fn body(
+        frames: Vec<Result<http_body::Frame<Bytes>, tonic::Status>>,
+        then_pend: bool,
+    ) -> tonic::body::Body {
+        let items = futures_util::stream::iter(frames);
+        if then_pend {
+            let s = futures_util::StreamExt::chain(items, futures_util::stream::pending());
+            tonic::body::Body::new(http_body_util::StreamBody::new(s))
+        } else {
+            tonic::body::Body::new(http_body_util::StreamBody::new(items))
+        }
+    }
+
+    async fn next(b: &mut Body) -> String {
+        let f = b.frame().await.expect("a frame").expect("no error");
+        String::from_utf8(f.into_data().expect("data").to_vec()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_an_idle_stream_open() {
+        let desc = transcode::message("agentry.v1.RunEvent").unwrap();
+        let r = respond(http::Response::new(body(vec![], true)), desc);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut b = r.into_body();
+        let start = Instant::now();
+        assert_eq!(next(&mut b).await, ": keepalive\n\n");
+        assert_eq!(start.elapsed(), HEARTBEAT);
+        assert_eq!(next(&mut b).await, ": keepalive\n\n");
+    }
+
+    #[tokio::test]
+    async fn an_error_after_the_start_is_a_last_error_event() {
+        let desc = transcode::message("agentry.v1.RunEvent").unwrap();
+        let ev = crate::pb::RunEvent {
+            seq: 1,
+            event: Some(crate::pb::run_event::Event::RunQueued(
+                crate::pb::RunQueued {},
+            )),
+            ..Default::default()
+        };
+        let bytes = ev.encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        // Split across two data frames, as the transport may do.
+        let (a, rest) = framed.split_at(3);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "14".parse().unwrap());
+        trailers.insert("grpc-message", "going%20away".parse().unwrap());
+        let frames = vec![
+            Ok(http_body::Frame::data(Bytes::copy_from_slice(a))),
+            Ok(http_body::Frame::data(Bytes::copy_from_slice(rest))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let mut b = respond(http::Response::new(body(frames, false)), desc).into_body();
+        assert!(next(&mut b).await.starts_with("event: run_queued\nid: 1\n"));
+        assert_eq!(
+            next(&mut b).await,
+            "event: error\ndata: {\"code\":14,\"message\":\"going away\",\"details\":[]}\n\n"
+        );
+        assert!(b.frame().await.is_none(), "the stream ends");
+    }
 }
