@@ -93,7 +93,6 @@ impl Runs {
             .await?;
         let mut total = Usage::default();
         let mut out = Vec::with_capacity(rows.len());
-        let mut runs_total = 0;
         for r in rows {
             let usage = Usage {
                 input_tokens: r.try_get("", "input_tokens")?,
@@ -110,7 +109,6 @@ impl Runs {
             total.total_tokens += usage.total_tokens;
             total.cost_usd += usage.cost_usd;
             let run_count: i64 = r.try_get("", "run_count")?;
-            runs_total += run_count;
             out.push(UsageRow {
                 agent_id: if by_agent {
                     r.try_get("", "agent_id")?
@@ -131,7 +129,6 @@ impl Runs {
                 usage: Some(usage),
             });
         }
-        let _ = runs_total;
         Ok(GetUsageResponse {
             rows: out,
             total: Some(total),
