@@ -105,6 +105,7 @@ impl Server {
             self.run_concurrency,
         );
         let engine_task = engine.spawn(stop_rx.clone());
+        let run_notices = state.runs.listen(stop_rx.clone());
         // The builder's tcp_nodelay does not apply to a listener we bind ourselves: without TCP_NODELAY
         // on accepted sockets, Nagle's algorithm holds multi-segment responses for the peer's delayed
         // ACK (a flat ~40 ms per ListAgents call).
@@ -184,8 +185,8 @@ impl Server {
                 (Ok(()), Ok(()))
             }
         };
-        if let Some(listener) = listener {
-            let _ = listener.await;
+        for task in [listener, run_notices].into_iter().flatten() {
+            let _ = task.await;
         }
         state.db.clone().close().await;
         grpc_res.map_err(|e| Error::internal(format!("gRPC server: {e}")))?;

@@ -34,6 +34,7 @@ async fn insert_run(db: &Db, ws: &str, agent_id: &str, status: RunStatus, create
         input_tokens: Set(0),
         output_tokens: Set(0),
         cost_usd: Set(0.0),
+        last_seq: Set(0),
     })
     .exec_without_returning(db.writer())
     .await

@@ -5,18 +5,16 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{
     Runs,
     checkpoint::{Checkpoint, Decision},
     decode_run,
     engine::StopReason,
-    events,
     execute::tool_call_pb,
-    struct_json,
+    notify, struct_json,
+    writer::{Guard, RunChange},
 };
 use crate::{
     agents::{Page, page},
@@ -66,8 +64,11 @@ impl Runs {
                         .filter(run::Column::Status.eq(RunStatus::Running as i32))
                         .exec(self.db.writer())
                         .await?;
-                    self.cancels.stop(run_id, StopReason::Cancel);
-                    // The worker ends the run: here at once, in another process at its next lease renewal.
+                    if !self.cancels.stop(run_id, StopReason::Cancel) {
+                        // Executing in another process (or about to be claimed): tell it now.
+                        notify::send(&self.db, &self.me, notify::Kind::Cancel, run_id).await;
+                    }
+                    // The worker ends the run, wherever it executes; its lease renewal is the fallback.
                     for _ in 0..100 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         let now = self.get(ws, run_id).await?;
@@ -188,27 +189,19 @@ impl Runs {
         evs: Vec<Event>,
         cp: Option<&Checkpoint>,
     ) -> Result<Option<Run>> {
-        let txn = self.db.writer().begin().await?;
-        let now = now_micros();
-        let mut update = run::Entity::update_many()
-            .col_expr(run::Column::Spec, next.encode_to_vec().into())
-            .col_expr(run::Column::Status, next.status.into())
-            .col_expr(run::Column::UpdateTime, now.into())
-            .filter(run::Column::Id.eq(row.id.as_str()))
-            .filter(run::Column::Status.eq(from as i32));
-        if let Some(cp) = cp {
-            update = update.col_expr(run::Column::Checkpoint, Some(cp.encode()).into());
-        }
-        if next.end_time.is_some() {
-            update = update.col_expr(run::Column::EndTime, Some(now).into());
-        }
-        if update.exec(&txn).await?.rows_affected != 1 {
-            return Ok(None);
-        }
-        let stored = events::append(&txn, ws, &row.id, evs).await?;
-        txn.commit().await?;
-        self.hub.publish(&stored);
-        Ok(Some(next))
+        let change = RunChange {
+            run_id: row.id.clone(),
+            workspace_id: ws.to_owned(),
+            guard: Guard::Status(from),
+            spec: Some(next.encode_to_vec()),
+            status: RunStatus::try_from(next.status).unwrap_or(RunStatus::Unspecified),
+            checkpoint: cp.map(Checkpoint::encode),
+            usage: None,
+            start_time: None,
+            end: next.end_time.is_some(),
+            release_lease: false,
+        };
+        Ok(self.writer.change(change, evs).await?.then_some(next))
     }
 
     /// The workspace's tool calls waiting for a human, oldest run first.

@@ -5,8 +5,11 @@
 //! claims the run and continues from its last checkpoint. Every write of a worker is conditional on
 //! still holding the lease, so a worker that lost it cannot corrupt the run.
 //!
-//! Wake-ups: a run started in this process wakes the engine at once; runs of other processes and
-//! expired leases are found by polling.
+//! Leases are renewed by one statement per process every few seconds (not one per run), which also
+//! brings back the cancel requests of runs executing here.
+//!
+//! Wake-ups: a run that becomes claimable wakes the engine at once, in this process in memory and in
+//! the others through PostgreSQL NOTIFY; expired leases (and any lost notice) are found by polling.
 
 use std::{
     collections::HashMap,
@@ -22,11 +25,13 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::events::Hub;
+use sea_orm::EntityTrait;
+
+use super::writer::Writer;
 use crate::{
     error::Result,
     models::Models,
-    pb::RunStatus,
+    pb::{Agent, RunStatus},
     store::{Db, time::now_micros},
     tools::Tools,
 };
@@ -35,6 +40,8 @@ pub(crate) const LEASE: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 const POLL_EVERY: Duration = Duration::from_millis(500);
 const CLAIM_BATCH: usize = 32;
+/// Agent versions kept decoded (they never change once written).
+const AGENT_CACHE: usize = 1024;
 
 /// Why a local run task was told to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +115,15 @@ impl LocalRuns {
         }
     }
 
+    fn ids(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn is_empty(&self) -> bool {
         self.runs
             .lock()
@@ -116,9 +132,29 @@ impl LocalRuns {
     }
 }
 
+/// What the engine shares with the run service.
+pub(crate) struct Wiring {
+    pub db: Db,
+    /// This process's id, the owner of its leases.
+    pub owner: String,
+    pub writer: Writer,
+    /// Notified when a run becomes claimable.
+    pub wake: Arc<Notify>,
+    pub local: Arc<LocalRuns>,
+}
+
+/// A run this engine just claimed: what the claim's `RETURNING` brought back.
+pub(crate) struct Claimed {
+    pub id: String,
+    pub workspace_id: String,
+    pub spec: Vec<u8>,
+    pub checkpoint: Option<String>,
+    pub cancel_requested: bool,
+}
+
 pub struct Engine {
     pub(crate) db: Db,
-    pub(crate) hub: Arc<Hub>,
+    pub(crate) writer: Writer,
     wake: Arc<Notify>,
     local: Arc<LocalRuns>,
     pub(crate) models: Models,
@@ -127,35 +163,42 @@ pub struct Engine {
     pub(crate) owner: String,
     slots: Arc<Semaphore>,
     concurrency: usize,
+    agents: Mutex<HashMap<(String, String, i64), Arc<Agent>>>,
 }
 
 impl Engine {
     pub(crate) fn new(
-        db: Db,
-        hub: Arc<Hub>,
-        wake: Arc<Notify>,
-        local: Arc<LocalRuns>,
+        wiring: Wiring,
         models: Models,
         tools: Tools,
         concurrency: usize,
     ) -> Arc<Engine> {
         let concurrency = concurrency.max(1);
+        let Wiring {
+            db,
+            owner,
+            writer,
+            wake,
+            local,
+        } = wiring;
         Arc::new(Engine {
             db,
-            hub,
+            writer,
             wake,
             local,
             models,
             tools,
-            owner: uuid::Uuid::now_v7().to_string(),
+            owner,
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
+            agents: Mutex::default(),
         })
     }
 
     /// Runs until `stop` turns true; then stops claiming, hands the runs in flight back to the queue
     /// (they continue from their checkpoint, here after a restart or in another process) and returns.
     pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let renewer = self.clone().renew_leases();
         tokio::spawn(async move {
             loop {
                 if *stop.borrow() {
@@ -167,8 +210,8 @@ impl Engine {
                     match self.claim(free).await {
                         Ok(runs) => {
                             claimed = runs.len();
-                            for (ws, run_id) in runs {
-                                self.clone().start_task(ws, run_id);
+                            for run in runs {
+                                self.clone().start_task(run);
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "claiming runs failed"),
@@ -191,74 +234,118 @@ impl Engine {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            renewer.abort();
             if let Err(e) = self.release_all().await {
                 tracing::warn!(error = %e, "releasing leases at shutdown failed; they will expire");
             }
         })
     }
 
-    fn start_task(self: Arc<Self>, ws: String, run_id: String) {
+    fn start_task(self: Arc<Self>, run: Claimed) {
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             // Cannot happen (we claimed at most the free slots); the lease expires and it is reclaimed.
             return;
         };
-        let local = self.local.insert(&run_id);
-        // The run's trace id (recorded once the run is loaded) ties every log line of the run together.
-        let span = tracing::info_span!("run", run_id = %run_id, workspace = %ws, trace_id = tracing::field::Empty);
+        let local = self.local.insert(&run.id);
+        // The run's trace id (recorded once the run is decoded) ties every log line of the run together.
+        let span = tracing::info_span!("run", run_id = %run.id, workspace = %run.workspace_id, trace_id = tracing::field::Empty);
         tokio::spawn(
             async move {
-            let renewer = self.clone().renew_lease(run_id.clone(), local.clone());
-            let result = super::execute::run(&self, &ws, &run_id, &local).await;
-            renewer.abort();
-            self.local.remove(&run_id);
-            drop(permit);
-            if let Err(e) = result {
-                tracing::error!(error = %e, "run task failed; its lease will expire and it will be retried");
-            }
+                let run_id = run.id.clone();
+                let result = super::execute::run(&self, run, &local).await;
+                self.local.remove(&run_id);
+                drop(permit);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "run task failed; its lease will expire and it will be retried");
+                }
             }
             .instrument(span),
         );
     }
 
-    /// Renews the lease every few seconds; stops the task if the lease is lost or a cancel was requested
-    /// (possibly by another process).
-    fn renew_lease(self: Arc<Self>, run_id: String, local: Arc<LocalRun>) -> JoinHandle<()> {
+    /// Every few seconds, renews the leases of all runs this process holds in one statement. A local
+    /// run whose lease is gone (another worker took it) is stopped; one whose cancel was requested
+    /// (possibly through another process) is cancelled.
+    fn renew_leases(self: Arc<Self>) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                let now = now_micros();
+                if self.local.is_empty() {
+                    continue;
+                }
+                let held = self.local.ids();
                 let sql = self.sql(
-                    "UPDATE runs SET lease_expire_time = ? WHERE id = ? AND lease_owner = ? AND status = ? \
-                     RETURNING cancel_requested",
+                    "UPDATE runs SET lease_expire_time = ? WHERE lease_owner = ? AND status = ? \
+                     RETURNING id, cancel_requested",
                 );
                 let stmt = Statement::from_sql_and_values(
                     self.db.backend(),
                     sql,
                     [
-                        Value::from(now + LEASE.as_micros() as i64),
-                        run_id.clone().into(),
+                        Value::from(now_micros() + LEASE.as_micros() as i64),
                         self.owner.clone().into(),
                         (RunStatus::Running as i32).into(),
                     ],
                 );
-                match self.db.writer().query_one_raw(stmt).await {
-                    Ok(Some(row)) => {
-                        if row.try_get::<bool>("", "cancel_requested").unwrap_or(false) {
-                            local.stop(StopReason::Cancel);
-                        }
+                let rows = match self.db.writer().query_all_raw(stmt).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                        continue;
                     }
-                    Ok(None) => {
-                        local.stop(StopReason::LeaseLost);
-                        return;
+                };
+                let mut renewed = std::collections::HashSet::with_capacity(rows.len());
+                for row in rows {
+                    let Ok(id) = row.try_get::<String>("", "id") else {
+                        continue;
+                    };
+                    if row.try_get::<bool>("", "cancel_requested").unwrap_or(false) {
+                        self.local.stop(&id, StopReason::Cancel);
                     }
-                    Err(e) => tracing::warn!(run_id, error = %e, "lease renewal failed"),
+                    renewed.insert(id);
+                }
+                // Held before the renewal and not renewed: another worker has the run (or it ended
+                // and its task is finishing, for which a stop changes nothing).
+                for id in held.iter().filter(|id| !renewed.contains(*id)) {
+                    self.local.stop(id, StopReason::LeaseLost);
                 }
             }
         })
     }
 
-    /// Claims up to `n` runs: queued ones, and running ones whose lease expired. Returns (workspace, id).
-    async fn claim(&self, n: usize) -> Result<Vec<(String, String)>> {
+    /// The agent at the version a run pinned; versions never change, so they are cached.
+    pub(crate) async fn agent_version(
+        &self,
+        ws: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Arc<Agent>> {
+        let key = (ws.to_owned(), id.to_owned(), version);
+        if let Some(a) = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(a.clone());
+        }
+        let row = crate::store::entities::agent_version::Entity::find_by_id(key.clone())
+            .one(self.db.reader())
+            .await?
+            .ok_or_else(|| {
+                crate::error::Error::not_found(format!("agent {id:?} version {version} is gone"))
+            })?;
+        let agent = Arc::new(crate::agents::decode(&row.spec)?);
+        let mut cache = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= AGENT_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, agent.clone());
+        Ok(agent)
+    }
+
+    /// Claims up to `n` runs: queued ones, and running ones whose lease expired.
+    async fn claim(&self, n: usize) -> Result<Vec<Claimed>> {
         let now = now_micros();
         let lock = if self.db.backend() == DbBackend::Postgres {
             " FOR UPDATE SKIP LOCKED"
@@ -268,7 +355,8 @@ impl Engine {
         let sql = self.sql(&format!(
             "UPDATE runs SET status = ?, lease_owner = ?, lease_expire_time = ?, update_time = ? \
              WHERE id IN (SELECT id FROM runs WHERE status = ? OR (status = ? AND lease_expire_time < ?) \
-             ORDER BY create_time LIMIT ?{lock}) RETURNING id, workspace_id"
+             ORDER BY create_time LIMIT ?{lock}) \
+             RETURNING id, workspace_id, spec, checkpoint, cancel_requested"
         ));
         let running = RunStatus::Running as i32;
         let stmt = Statement::from_sql_and_values(
@@ -288,10 +376,13 @@ impl Engine {
         let rows = self.db.writer().query_all_raw(stmt).await?;
         rows.into_iter()
             .map(|r| {
-                Ok((
-                    r.try_get::<String>("", "workspace_id")?,
-                    r.try_get::<String>("", "id")?,
-                ))
+                Ok(Claimed {
+                    id: r.try_get("", "id")?,
+                    workspace_id: r.try_get("", "workspace_id")?,
+                    spec: r.try_get("", "spec")?,
+                    checkpoint: r.try_get("", "checkpoint")?,
+                    cancel_requested: r.try_get("", "cancel_requested")?,
+                })
             })
             .collect()
     }

@@ -1,6 +1,6 @@
 //! The run event log and its live fan-out. Events are appended to `run_events` with gapless sequence
-//! numbers in the same transaction as the run's state change, and only after that commit are they
-//! broadcast to watchers in this process. A watcher therefore never sees an event that is not durable,
+//! numbers in the same transaction as the run's state change (by the group-commit writer), and only
+//! after that commit are they broadcast to watchers in this process. A watcher therefore never sees an event that is not durable,
 //! and a reconnecting client replays from the log what it missed.
 
 use std::{
@@ -9,20 +9,13 @@ use std::{
 };
 
 use prost::Message as _;
-use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, Func},
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast;
 
 use crate::{
     error::{Error, Result},
     pb::{RunEvent, run_event::Event},
-    store::{
-        entities::run_event,
-        time::{now_micros, to_timestamp},
-    },
+    store::entities::run_event,
 };
 
 /// Live events of one run, buffered per subscriber; a subscriber that falls this far behind is told
@@ -59,55 +52,6 @@ pub fn ends_watch(e: &RunEvent) -> bool {
     )
 }
 
-/// Appends `events` to run `run_id` inside the caller's transaction, numbering them after the last
-/// stored one. The caller must hold the run (lease, or a conditional status update in the same
-/// transaction) so that no other writer appends concurrently.
-pub async fn append(
-    txn: &impl ConnectionTrait,
-    workspace_id: &str,
-    run_id: &str,
-    events: Vec<Event>,
-) -> Result<Vec<RunEvent>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let last: Option<i64> = run_event::Entity::find()
-        .select_only()
-        .expr(Func::max(Expr::col(run_event::Column::Seq)))
-        .filter(run_event::Column::RunId.eq(run_id))
-        .into_tuple::<Option<i64>>()
-        .one(txn)
-        .await?
-        .flatten();
-    let now = now_micros();
-    let mut seq = last.unwrap_or(0);
-    let mut out = Vec::with_capacity(events.len());
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        seq += 1;
-        let kind = kind(&e);
-        let ev = RunEvent {
-            run_id: run_id.to_owned(),
-            seq,
-            time: Some(to_timestamp(now)),
-            event: Some(e),
-        };
-        rows.push(run_event::ActiveModel {
-            run_id: Set(run_id.to_owned()),
-            seq: Set(seq),
-            workspace_id: Set(workspace_id.to_owned()),
-            kind: Set(kind.to_owned()),
-            data: Set(ev.encode_to_vec()),
-            time: Set(now),
-        });
-        out.push(ev);
-    }
-    run_event::Entity::insert_many(rows)
-        .exec_without_returning(txn)
-        .await?;
-    Ok(out)
-}
-
 /// Stored events of a run after `after_seq`, at most `limit`, in order.
 pub async fn read(
     db: &impl ConnectionTrait,
@@ -130,14 +74,23 @@ pub async fn read(
         .collect()
 }
 
+/// What a watcher hears live.
+#[derive(Clone)]
+pub enum Live {
+    /// An event committed by this process.
+    Event(Arc<RunEvent>),
+    /// Events were committed by another process: read the log.
+    Poke,
+}
+
 /// In-process fan-out of committed events to the watchers of each run.
 #[derive(Default)]
 pub struct Hub {
-    runs: Mutex<HashMap<String, broadcast::Sender<Arc<RunEvent>>>>,
+    runs: Mutex<HashMap<String, broadcast::Sender<Live>>>,
 }
 
 impl Hub {
-    pub fn subscribe(&self, run_id: &str) -> broadcast::Receiver<Arc<RunEvent>> {
+    pub fn subscribe(&self, run_id: &str) -> broadcast::Receiver<Live> {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.entry(run_id.to_owned())
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
@@ -145,7 +98,7 @@ impl Hub {
     }
 
     /// Sends committed events to the run's watchers (nobody watching: nothing to do).
-    pub fn publish(&self, events: &[RunEvent]) {
+    pub fn publish(&self, events: Vec<RunEvent>) {
         let Some(first) = events.first() else { return };
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = runs.get(&first.run_id) else {
@@ -156,7 +109,22 @@ impl Hub {
             return;
         }
         for e in events {
-            let _ = tx.send(Arc::new(e.clone()));
+            let _ = tx.send(Live::Event(Arc::new(e)));
+        }
+    }
+
+    /// Tells the run's watchers (if any) to read the log.
+    pub fn poke(&self, run_id: &str) {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = runs.get(run_id) {
+            let _ = tx.send(Live::Poke);
+        }
+    }
+
+    /// Tells every watcher to read the log.
+    pub fn poke_all(&self) {
+        for tx in self.runs.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let _ = tx.send(Live::Poke);
         }
     }
 

@@ -1,23 +1,30 @@
 //! The agent loop of one claimed run: build the conversation (template, history, the user's message),
 //! then alternate model turns and tool calls until the model answers without tools, a tool needs a
-//! human, `max_steps` is reached, or the run is stopped. Each step commits its events and checkpoint in
-//! one transaction, conditional on still holding the lease.
+//! human, `max_steps` is reached, or the run is stopped. Each commit writes the events and the
+//! checkpoint together, conditional on still holding the lease.
+//!
+//! Commits are as few as the guarantees allow. Events that need not be durable yet (run_started,
+//! deltas, a turn's usage) are deferred and ride on the next commit, which happens when the model
+//! makes us wait (so watchers see progress as soon as there is a pause), before a tool executes (so
+//! its call is recorded first), and when the run ends or pauses. A model that answers at once costs
+//! a single commit for the whole run.
 
 use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 use tracing::Instrument;
 
 use super::{
     RunRequestExtras,
-    checkpoint::{Checkpoint, PendingCall},
+    checkpoint::{Checkpoint, Overrides, PendingCall},
     decode_run,
-    engine::{Engine, LocalRun, StopReason},
-    events, json_struct, struct_json, template,
+    engine::{Claimed, Engine, LocalRun, StopReason},
+    json_struct, struct_json, template,
+    writer::{Guard, RunChange},
 };
 use crate::{
-    error::{Error, Result},
+    error::Result,
     models::{Message, ModelError, ModelEvent, ModelRequest, Role, ToolCallRequest, ToolSpec},
     pb::{
         Agent, ApprovalRequired, ChatMessage, ErrorInfo, MessageDelta, Run, RunCancelled,
@@ -25,8 +32,8 @@ use crate::{
         ToolCallStarted, Usage, run_event::Event, tool_call_completed::Outcome,
     },
     store::{
-        entities::{agent_version, run},
-        time::{now_micros, to_timestamp},
+        entities::run,
+        time::{from_timestamp, now_micros, to_timestamp},
     },
     tools::ToolContext,
 };
@@ -37,21 +44,21 @@ const DELTA_BATCH: usize = 64;
 /// What became of the run when a commit was refused.
 struct LeaseLost;
 
-/// Runs `run_id` (claimed by this engine) until it finishes, pauses, or is stopped.
-pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRun) -> Result<()> {
-    let row = run::Entity::find_by_id(run_id.to_owned())
-        .one(engine.db.writer())
-        .await?;
-    let Some(row) = row else { return Ok(()) };
+/// Runs a run this engine claimed until it finishes, pauses, or is stopped.
+pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> Result<()> {
     let mut r = Runner {
         engine,
-        ws,
-        run: decode_run(&row.spec)?,
+        ws: &claimed.workspace_id,
+        run: decode_run(&claimed.spec)?,
         local,
+        deferred: Vec::new(),
     };
     tracing::Span::current().record("trace_id", r.run.trace_id.as_str());
     tracing::debug!(agent_id = %r.run.agent_id, "run claimed");
-    let agent = match load_agent(engine, ws, &r.run).await {
+    let agent = match engine
+        .agent_version(r.ws, &r.run.agent_id, r.run.agent_version)
+        .await
+    {
         Ok(a) => a,
         Err(e) => {
             return r
@@ -59,10 +66,15 @@ pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRu
                 .await;
         }
     };
-    let mut cp = match RunRequestExtras::decode(row.checkpoint.as_deref()) {
-        Some(extras) => match initial_conversation(engine, ws, &r.run, &agent, &extras).await {
+    let mut cp = match RunRequestExtras::decode(claimed.checkpoint.as_deref()) {
+        Some(extras) => match initial_conversation(engine, r.ws, &r.run, &agent, &extras).await {
             Ok(messages) => Checkpoint {
                 messages,
+                overrides: Overrides {
+                    temperature: extras.temperature,
+                    max_tokens: extras.max_tokens,
+                    top_p: extras.top_p,
+                },
                 ..Default::default()
             },
             Err(e) => {
@@ -71,23 +83,19 @@ pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRu
                     .await;
             }
         },
-        None => Checkpoint::decode(row.checkpoint.as_deref()),
+        None => Checkpoint::decode(claimed.checkpoint.as_deref()),
     };
-    if row.cancel_requested {
+    if claimed.cancel_requested {
         return r.stop(&cp, StopReason::Cancel).await;
     }
-    let mut first = Vec::new();
+    // Every claim starts (or resumes) the run: first start, after a decision, after a takeover.
     if r.run.start_time.is_none() {
         r.run.start_time = Some(to_timestamp(now_micros()));
-        first.push(Event::RunStarted(RunStarted {}));
     }
+    r.deferred.push(Event::RunStarted(RunStarted {}));
     r.run.status = RunStatus::Running as i32;
     r.run.pending_tool_calls.clear();
-    if r.commit(&cp, first, RunStatus::Running).await.is_err() {
-        return Ok(());
-    }
     let settings = agent.model_settings.unwrap_or_default();
-    let extras = RunRequestExtras::decode(row.checkpoint.as_deref()).unwrap_or_default();
     let max_steps = agent
         .config
         .as_ref()
@@ -148,14 +156,14 @@ pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRu
             model: model_name.to_owned(),
             messages: cp.messages.clone(),
             tools: tool_specs(engine, &agent),
-            temperature: extras.temperature.or(settings.temperature),
-            max_tokens: extras.max_tokens.or(settings.max_tokens),
-            top_p: extras.top_p.or(settings.top_p),
+            temperature: cp.overrides.temperature.or(settings.temperature),
+            max_tokens: cp.overrides.max_tokens.or(settings.max_tokens),
+            top_p: cp.overrides.top_p.or(settings.top_p),
             metadata: struct_json(agent.metadata.as_ref()),
         };
         let step = tracing::info_span!("model_turn", step = cp.steps + 1, model = %r.run.model);
         let turn = tokio::select! {
-            t = r.model_turn(&cp, provider.stream(request)).instrument(step) => t,
+            t = r.model_turn(provider.stream(request)).instrument(step) => t,
             _ = local.token.cancelled() => return r.stop(&cp, local.reason().unwrap_or(StopReason::Shutdown)).await,
         };
         let (text, calls, input_tokens, output_tokens) = match turn {
@@ -190,13 +198,9 @@ pub(super) async fn run(engine: &Engine, ws: &str, run_id: &str, local: &LocalRu
                 outcome: None,
             })
             .collect();
+        // Committed with the first tool call's start, or with the approval request.
         let usage = Event::Usage(r.usage(&cp));
-        if r.commit(&cp, vec![usage], RunStatus::Running)
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
+        r.deferred.push(usage);
     }
 }
 
@@ -205,50 +209,75 @@ struct Runner<'a> {
     ws: &'a str,
     run: Run,
     local: &'a LocalRun,
+    /// Events produced but not committed yet; the next commit carries them first.
+    deferred: Vec<Event>,
 }
 
 type Turn = (String, Vec<ToolCallRequest>, i64, i64);
 
 impl Runner<'_> {
-    /// Streams one model call; deltas are committed in batches of whatever arrived together.
+    /// Streams one model call into deferred message_delta events. Whenever the model makes us wait,
+    /// what was deferred is committed meanwhile, so watchers see progress without a commit per token.
     async fn model_turn(
         &mut self,
-        cp: &Checkpoint,
         stream: impl Future<Output = Result<crate::models::ModelStream, ModelError>>,
     ) -> Result<Result<Turn, ModelError>, LeaseLost> {
-        let mut stream = match stream.await {
+        let mut opening = std::pin::pin!(stream);
+        let opened = match opening.as_mut().now_or_never() {
+            Some(s) => s,
+            None => {
+                let (flushed, s) = tokio::join!(self.flush(), opening);
+                flushed?;
+                s
+            }
+        };
+        let mut stream = match opened {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
         let (mut text, mut calls, mut tin, mut tout) = (String::new(), Vec::new(), 0, 0);
-        while let Some(item) = stream.next().await {
-            let mut batch = Vec::new();
-            let mut next = Some(item);
-            while let Some(item) = next.take() {
-                match item {
-                    Ok(ModelEvent::Delta(d)) => {
-                        text.push_str(&d);
-                        batch.push(Event::MessageDelta(MessageDelta { text: d }));
-                    }
-                    Ok(ModelEvent::ToolCall(c)) => calls.push(c),
-                    Ok(ModelEvent::Usage {
-                        input_tokens,
-                        output_tokens,
-                    }) => {
-                        tin += input_tokens;
-                        tout += output_tokens;
-                    }
-                    Err(e) => return Ok(Err(e)),
+        loop {
+            let item = match stream.next().now_or_never() {
+                Some(item) => item,
+                None if self.deferred.is_empty() => stream.next().await,
+                None => {
+                    let (flushed, item) = tokio::join!(self.flush(), stream.next());
+                    flushed?;
+                    item
                 }
-                if batch.len() < DELTA_BATCH {
-                    next = stream.next().now_or_never().flatten();
+            };
+            let Some(item) = item else { break };
+            match item {
+                Ok(ModelEvent::Delta(d)) => {
+                    text.push_str(&d);
+                    self.deferred
+                        .push(Event::MessageDelta(MessageDelta { text: d }));
+                    if self.deferred.len() >= DELTA_BATCH {
+                        self.flush().await?;
+                    }
                 }
-            }
-            if !batch.is_empty() {
-                self.commit(cp, batch, RunStatus::Running).await?;
+                Ok(ModelEvent::ToolCall(c)) => calls.push(c),
+                Ok(ModelEvent::Usage {
+                    input_tokens,
+                    output_tokens,
+                }) => {
+                    tin += input_tokens;
+                    tout += output_tokens;
+                }
+                Err(e) => return Ok(Err(e)),
             }
         }
         Ok(Ok((text, calls, tin, tout)))
+    }
+
+    /// Commits the deferred events with the run's spec (the checkpoint does not change mid-turn).
+    async fn flush(&mut self) -> Result<(), LeaseLost> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.deferred);
+        let change = self.change(RunStatus::Running);
+        self.send(change, events).await
     }
 
     /// Runs pending call `i` (or records its rejection) and commits its result with the checkpoint.
@@ -405,8 +434,9 @@ impl Runner<'_> {
         match reason {
             StopReason::LeaseLost => Ok(()),
             StopReason::Shutdown => {
-                // The last committed checkpoint stays; whoever claims the run next continues from it.
-                let _ = self.commit_status_only(RunStatus::Queued).await;
+                // Back to the queue with the checkpoint of the last finished step; whoever claims the
+                // run next continues from it.
+                let _ = self.commit(cp, Vec::new(), RunStatus::Queued).await;
                 Ok(())
             }
             StopReason::Cancel => {
@@ -421,8 +451,9 @@ impl Runner<'_> {
         }
     }
 
-    /// Writes the run (spec, checkpoint, status) and appends `evs`, if this engine still holds the
-    /// lease; then publishes the events. A status other than RUNNING releases the lease.
+    /// Writes the run (spec, checkpoint, status, usage) and appends the deferred events and `evs`, if
+    /// this engine still holds the lease; the writer then publishes the events. A status other than
+    /// RUNNING releases the lease.
     async fn commit(
         &mut self,
         cp: &Checkpoint,
@@ -430,56 +461,39 @@ impl Runner<'_> {
         status: RunStatus,
     ) -> Result<(), LeaseLost> {
         self.run.status = status as i32;
-        let result = async {
-            let txn = self.engine.db.writer().begin().await?;
-            let now = now_micros();
-            let holds = status == RunStatus::Running;
-            let mut update = run::Entity::update_many()
-                .col_expr(run::Column::Spec, self.run.encode_to_vec().into())
-                .col_expr(run::Column::Checkpoint, Some(cp.encode()).into())
-                .col_expr(run::Column::Status, (status as i32).into())
-                .col_expr(run::Column::UpdateTime, now.into())
-                .col_expr(run::Column::InputTokens, cp.input_tokens.into())
-                .col_expr(run::Column::OutputTokens, cp.output_tokens.into())
-                .col_expr(run::Column::CostUsd, cp.cost_usd.into())
-                .filter(run::Column::Id.eq(self.run.id.as_str()))
-                .filter(run::Column::LeaseOwner.eq(self.engine.owner.as_str()))
-                .filter(run::Column::Status.eq(RunStatus::Running as i32));
-            if self.run.start_time.is_some() {
-                update = update.col_expr(
-                    run::Column::StartTime,
-                    self.run
-                        .start_time
-                        .as_ref()
-                        .and_then(crate::store::time::from_timestamp)
-                        .into(),
-                );
-            }
-            if !holds {
-                update = update
-                    .col_expr(run::Column::LeaseOwner, Option::<String>::None.into())
-                    .col_expr(run::Column::LeaseExpireTime, Option::<i64>::None.into());
-                if matches!(
-                    status,
-                    RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
-                ) {
-                    update = update.col_expr(run::Column::EndTime, Some(now).into());
-                }
-            }
-            if update.exec(&txn).await?.rows_affected != 1 {
-                return Ok::<_, Error>(None);
-            }
-            let stored = events::append(&txn, self.ws, &self.run.id, evs).await?;
-            txn.commit().await?;
-            Ok(Some(stored))
+        let mut events = std::mem::take(&mut self.deferred);
+        events.extend(evs);
+        let change = RunChange {
+            checkpoint: Some(cp.encode()),
+            usage: Some((cp.input_tokens, cp.output_tokens, cp.cost_usd)),
+            ..self.change(status)
+        };
+        self.send(change, events).await
+    }
+
+    /// The run's full state, as a change guarded by this engine's lease.
+    fn change(&self, status: RunStatus) -> RunChange {
+        RunChange {
+            run_id: self.run.id.clone(),
+            workspace_id: self.ws.to_owned(),
+            guard: Guard::Lease(self.engine.owner.clone()),
+            spec: Some(self.run.encode_to_vec()),
+            status,
+            checkpoint: None,
+            usage: None,
+            start_time: self.run.start_time.as_ref().and_then(from_timestamp),
+            end: matches!(
+                status,
+                RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+            ),
+            release_lease: status != RunStatus::Running,
         }
-        .await;
-        match result {
-            Ok(Some(stored)) => {
-                self.engine.hub.publish(&stored);
-                Ok(())
-            }
-            Ok(None) => {
+    }
+
+    async fn send(&mut self, change: RunChange, events: Vec<Event>) -> Result<(), LeaseLost> {
+        match self.engine.writer.change(change, events).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 self.local.stop(StopReason::LeaseLost);
                 Err(LeaseLost)
             }
@@ -489,19 +503,6 @@ impl Runner<'_> {
                 Err(LeaseLost)
             }
         }
-    }
-
-    async fn commit_status_only(&mut self, status: RunStatus) -> Result<()> {
-        run::Entity::update_many()
-            .col_expr(run::Column::Status, (status as i32).into())
-            .col_expr(run::Column::LeaseOwner, Option::<String>::None.into())
-            .col_expr(run::Column::LeaseExpireTime, Option::<i64>::None.into())
-            .filter(run::Column::Id.eq(self.run.id.as_str()))
-            .filter(run::Column::LeaseOwner.eq(self.engine.owner.as_str()))
-            .filter(run::Column::Status.eq(RunStatus::Running as i32))
-            .exec(self.engine.db.writer())
-            .await?;
-        Ok(())
     }
 }
 
@@ -540,20 +541,6 @@ fn tool_specs(engine: &Engine, agent: &Agent) -> Vec<ToolSpec> {
             parameters: t.parameters(),
         })
         .collect()
-}
-
-async fn load_agent(engine: &Engine, ws: &str, run: &Run) -> Result<Agent> {
-    let row =
-        agent_version::Entity::find_by_id((ws.to_owned(), run.agent_id.clone(), run.agent_version))
-            .one(engine.db.reader())
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "agent {:?} version {} is gone",
-                    run.agent_id, run.agent_version
-                ))
-            })?;
-    crate::agents::decode(&row.spec)
 }
 
 /// System prompt (the rendered template, or the request's override), the session's recent history,

@@ -8,19 +8,18 @@ mod control;
 pub mod engine;
 pub mod events;
 mod execute;
+mod notify;
 mod sessions;
 mod template;
 mod trigger;
 mod usage;
 mod watch;
+mod writer;
 
 use std::sync::Arc;
 
 use prost::Message as _;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::Notify;
 
 use crate::{
@@ -49,17 +48,41 @@ pub struct Runs {
     cancels: Arc<engine::LocalRuns>,
     /// Cancelled at shutdown: open watch streams end.
     closing: tokio_util::sync::CancellationToken,
+    /// Every change to a run goes through it (group commit).
+    writer: writer::Writer,
+    /// This process's id: the owner of the leases it takes, the sender of its notices.
+    me: Arc<str>,
 }
 
 impl Runs {
+    /// Must be called inside the Tokio runtime: it starts the group-commit writer task.
     pub fn new(db: Db) -> Runs {
+        let hub = Arc::<Hub>::default();
+        let me: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         Runs {
+            writer: writer::Writer::spawn(db.clone(), hub.clone(), me.clone()),
+            me,
             db,
-            hub: Arc::default(),
+            hub,
             wake: Arc::default(),
             cancels: Arc::default(),
             closing: Default::default(),
         }
+    }
+
+    /// On PostgreSQL, follows the other processes' notices (new events, claimable runs, cancels) until
+    /// `stop` turns true.
+    pub fn listen(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        notify::Receiver {
+            me: self.me.clone(),
+            hub: self.hub.clone(),
+            wake: self.wake.clone(),
+            local: self.cancels.clone(),
+        }
+        .listen(&self.db, stop)
     }
 
     /// Ends every open watch stream (server shutdown).
@@ -74,15 +97,14 @@ impl Runs {
         tools: crate::tools::Tools,
         concurrency: usize,
     ) -> Arc<engine::Engine> {
-        engine::Engine::new(
-            self.db.clone(),
-            self.hub.clone(),
-            self.wake.clone(),
-            self.cancels.clone(),
-            models,
-            tools,
-            concurrency,
-        )
+        let wiring = engine::Wiring {
+            db: self.db.clone(),
+            owner: self.me.to_string(),
+            writer: self.writer.clone(),
+            wake: self.wake.clone(),
+            local: self.cancels.clone(),
+        };
+        engine::Engine::new(wiring, models, tools, concurrency)
     }
 
     /// Validates and queues a run. With an idempotency key already used in the workspace, returns the
@@ -158,49 +180,41 @@ impl Runs {
             ..Default::default()
         };
         let request = RunRequestExtras::from(&req);
-        let txn = self.db.writer().begin().await?;
-        let inserted = run::Entity::insert(run::ActiveModel {
-            id: Set(run.id.clone()),
-            workspace_id: Set(ws.to_owned()),
-            agent_id: Set(run.agent_id.clone()),
-            agent_version: Set(run.agent_version),
-            session_id: Set(run.session_id.clone()),
-            user_id: Set(run.user_id.clone()),
-            status: Set(run.status),
-            trigger_source: Set(run.trigger.as_ref().map(|t| t.source).unwrap_or(1)),
-            idempotency_key: Set(
-                (!run.idempotency_key.is_empty()).then(|| run.idempotency_key.clone())
-            ),
-            lease_owner: Set(None),
-            lease_expire_time: Set(None),
-            spec: Set(run.encode_to_vec()),
-            create_time: Set(now),
-            start_time: Set(None),
-            end_time: Set(None),
-            checkpoint: Set(Some(request.encode())),
-            cancel_requested: Set(false),
-            update_time: Set(now),
-            model: Set(run.model.clone()),
-            input_tokens: Set(0),
-            output_tokens: Set(0),
-            cost_usd: Set(0.0),
-        })
-        .exec_without_returning(&txn)
-        .await;
-        if let Err(e) = inserted {
-            drop(txn);
+        let row = run::Model {
+            id: run.id.clone(),
+            workspace_id: ws.to_owned(),
+            agent_id: run.agent_id.clone(),
+            agent_version: run.agent_version,
+            session_id: run.session_id.clone(),
+            user_id: run.user_id.clone(),
+            status: run.status,
+            trigger_source: run.trigger.as_ref().map(|t| t.source).unwrap_or(1),
+            idempotency_key: (!run.idempotency_key.is_empty()).then(|| run.idempotency_key.clone()),
+            lease_owner: None,
+            lease_expire_time: None,
+            spec: run.encode_to_vec(),
+            create_time: now,
+            start_time: None,
+            end_time: None,
+            checkpoint: Some(request.encode()),
+            cancel_requested: false,
+            update_time: now,
+            model: run.model.clone(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            last_seq: 0,
+        };
+        let queued = vec![Event::RunQueued(RunQueued {})];
+        if !self.writer.create(row, queued).await? {
             // Two requests with one idempotency key raced: the other one's run is the answer.
-            if is_unique_violation(&e)
-                && !req.idempotency_key.is_empty()
+            if !req.idempotency_key.is_empty()
                 && let Some(existing) = self.by_idempotency_key(ws, &req.idempotency_key).await?
             {
                 return Ok(existing);
             }
-            return Err(e.into());
+            return Err(Error::internal("a new run's id collided with another run"));
         }
-        let evs = events::append(&txn, ws, &run.id, vec![Event::RunQueued(RunQueued {})]).await?;
-        txn.commit().await?;
-        self.hub.publish(&evs);
         self.wake.notify_one();
         Ok(run)
     }
@@ -429,11 +443,4 @@ pub(crate) fn decode_run(spec: &[u8]) -> Result<Run> {
 /// A W3C trace id (32 lowercase hex digits) derived from the run id.
 fn hex_trace_id(id: &uuid::Uuid) -> String {
     hex::encode(id.as_bytes())
-}
-
-fn is_unique_violation(e: &DbErr) -> bool {
-    matches!(
-        e.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
 }

@@ -2,6 +2,8 @@
 //! duplicate, until the run ends or waits for a human. The watcher subscribes to the live channel
 //! before reading the log, and only ever sends the event with the next sequence number: anything it
 //! missed (a lagging subscriber, a gap, a run executing in another process) it reads back from the log.
+//! Runs executing in another process announce their events through PostgreSQL NOTIFY (a poke); the
+//! periodic re-read remains as the safety net for a lost notification.
 //! A slow client only fills its own buffer; the run never waits for it.
 
 use std::{pin::Pin, time::Duration};
@@ -10,7 +12,10 @@ use futures_util::Stream;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Runs, events};
+use super::{
+    Runs,
+    events::{self, Live},
+};
 use sea_orm::EntityTrait;
 
 use crate::{
@@ -57,8 +62,9 @@ impl Runs {
             loop {
                 let ended = tokio::select! {
                     msg = live.recv() => match msg {
-                        Ok(e) if e.seq <= last => continue,
-                        Ok(e) if e.seq == last + 1 => {
+                        Ok(Live::Poke) => catch_up(&db, &tx, &run_id, &mut last).await,
+                        Ok(Live::Event(e)) if e.seq <= last => continue,
+                        Ok(Live::Event(e)) if e.seq == last + 1 => {
                             last = e.seq;
                             let end = events::ends_watch(&e);
                             if tx.send(Ok(RunEvent::clone(&e))).await.is_err() {

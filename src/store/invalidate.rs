@@ -4,12 +4,14 @@
 //! connection drops (notifications may have been missed), the process clears its caches entirely. SQLite
 //! is one process, where the local invalidation suffices. Cache TTLs remain as a last safety net.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, sqlx::postgres::PgListener};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::Db;
+use super::{
+    Db,
+    notify::{self, Heard},
+};
 use crate::error::Result;
 
 const CHANNEL: &str = "agentry_invalidate";
@@ -57,74 +59,21 @@ impl Invalidation {
 
 /// Announces a change to the other processes sharing the database (no-op on SQLite).
 pub async fn publish(db: &Db, what: &Invalidation) -> Result<()> {
-    if db.backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    let stmt = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_notify($1, $2)",
-        [CHANNEL.into(), what.encode().into()],
-    );
-    db.writer().execute_raw(stmt).await?;
-    Ok(())
+    notify::send(db, CHANNEL, &what.encode()).await
 }
 
-/// On PostgreSQL, listens for announcements until `stop` turns true and hands each to `apply`.
+/// On PostgreSQL, listens for announcements until `stop` turns true and hands each to `apply`; after
+/// a (re)connection, whatever changed while nobody listened is unknown: `apply(All)`.
 pub fn listen(
     db: &Db,
     apply: Arc<dyn Fn(Invalidation) + Send + Sync>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    if db.backend() != DbBackend::Postgres {
-        return None;
-    }
-    let pool = db.writer().get_postgres_connection_pool().clone();
-    Some(tokio::spawn(async move {
-        loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen(CHANNEL).await {
-                    Ok(()) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot LISTEN for cache invalidations; retrying");
-                        if wait_or_stop(&mut stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot connect the invalidation listener; retrying");
-                    if wait_or_stop(&mut stop).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            // Whatever changed while nobody listened is unknown: start from empty caches.
-            apply(Invalidation::All);
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    msg = listener.try_recv() => match msg {
-                        Ok(Some(n)) => apply(Invalidation::decode(n.payload())),
-                        Ok(None) => apply(Invalidation::All), // reconnected: notifications may be lost
-                        Err(e) => {
-                            tracing::warn!(error = %e, "invalidation listener failed; reconnecting");
-                            break;
-                        }
-                    },
-                }
-            }
-        }
-    }))
-}
-
-/// Sleeps a second; true when asked to stop meanwhile.
-async fn wait_or_stop(stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => true,
-        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-    }
+    let on = Arc::new(move |heard: Heard<'_>| match heard {
+        Heard::Connected => apply(Invalidation::All),
+        Heard::Message { payload, .. } => apply(Invalidation::decode(payload)),
+    });
+    notify::listen(db, &[CHANNEL], on, stop)
 }
 
 #[cfg(test)]

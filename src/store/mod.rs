@@ -9,6 +9,7 @@ pub mod cursor;
 pub mod entities;
 pub mod invalidate;
 pub mod migration;
+pub mod notify;
 pub mod time;
 
 use std::{str::FromStr, time::Duration};

@@ -33,6 +33,8 @@ pub struct Model {
     pub output_tokens: i64,
     #[sea_orm(column_type = "Double")]
     pub cost_usd: f64,
+    /// Sequence number of the run's newest event (the next one is `last_seq + 1`).
+    pub last_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

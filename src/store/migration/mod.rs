@@ -8,6 +8,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_init;
 mod m0002_run_engine;
+mod m0003_run_last_seq;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_init::Migration),
             Box::new(m0002_run_engine::Migration),
+            Box::new(m0003_run_last_seq::Migration),
         ]
     }
 }
