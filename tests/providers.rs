@@ -1,7 +1,14 @@
 //! Model providers and the http_request tool against local HTTP servers started by the tests
 //! (127.0.0.1 only; the fake model endpoints are in `providers_support`). Nothing reaches the
 //! internet.
+//!
+//! Most tests call a provider in isolation; `openai_compatible_provider_drives_a_whole_run` runs the
+//! real server with an OpenAI-compatible provider from a config file, pointed at a fake endpoint, and
+//! proves a whole run works through it: the streamed tool call is executed, its result goes back to
+//! the model as a `tool` message, the streamed answer arrives as deltas, and the usage the endpoint
+//! reported (and its cost at the configured price) is what the run records.
 
+mod common;
 mod providers_support;
 
 use std::{
@@ -10,20 +17,27 @@ use std::{
 };
 
 use agentry::{
+    config::FileConfig,
     models::{
         Message, ModelError, ModelEvent, ModelProvider, ModelRequest, Role, ToolCallRequest,
         ToolSpec, http::CallSettings, openai::OpenAiCompatible,
+    },
+    pb::{
+        Agent, CreateAgentRequest, GetRunRequest, GetUsageRequest, RunStatus, StartRunRequest,
+        ToolBinding, Usage, WatchRunRequest, run_event::Event, tool_call_completed::Outcome,
     },
     tools::{Tool, ToolContext, http_request::HttpRequest},
 };
 use axum::{
     Router,
+    extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::any,
+    routing::{any, post},
 };
+use common::{Backend, TestServer};
 use futures_util::StreamExt;
-use providers_support::{endpoints, serve};
+use providers_support::{data, endpoints, serve, sse};
 use serde_json::{Value, json};
 
 fn request(model: &str) -> ModelRequest {
@@ -447,3 +461,319 @@ async fn http_request_against_a_local_server_when_private_is_allowed() {
         "refused requests never reached the server"
     );
 }
+
+// --- A whole run through the server, on an OpenAI-compatible provider ---
+
+/// The requests the fake chat-completions endpoint received, in order.
+#[derive(Default)]
+struct ChatLog {
+    requests: Mutex<Vec<(HeaderMap, Value)>>,
+}
+
+/// The tool call the fake model makes, and what it reports using.
+const CALL_ID: &str = "call_7";
+const TURN_1_USAGE: (i64, i64) = (20, 9);
+const TURN_2_USAGE: (i64, i64) = (12, 3);
+
+/// A fake OpenAI chat-completions endpoint for one run. The first call streams a `current_time`
+/// tool call whose arguments are split over several chunks; the second must end with that call's
+/// result as a `tool` message (otherwise it is refused with a 400 naming what was wrong) and streams
+/// "Hello", " world". Each answer ends with a usage chunk and `[DONE]`, as OpenAI streams them.
+async fn fake_chat(State(log): State<Arc<ChatLog>>, headers: HeaderMap, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let n = {
+        let mut requests = log.requests.lock().unwrap();
+        requests.push((headers, body.clone()));
+        requests.len()
+    };
+    let chunk = |delta: Value, finish: Value| {
+        data(
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-test",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let call = |fragment: Value| chunk(json!({"tool_calls": [fragment]}), Value::Null);
+    let usage = |(prompt, completion): (i64, i64)| {
+        data(
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}}),
+        )
+    };
+    let done = "data: [DONE]\n\n".to_owned();
+    let refuse = |why: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": {"message": why}}).to_string(),
+        )
+            .into_response()
+    };
+    match n {
+        1 => sse(
+            vec![
+                chunk(json!({"role": "assistant", "content": null}), Value::Null),
+                call(json!({"index": 0, "id": CALL_ID, "type": "function",
+                            "function": {"name": "current_time", "arguments": ""}})),
+                call(json!({"index": 0, "function": {"arguments": "{\"time"}})),
+                call(json!({"index": 0, "function": {"arguments": "zone\": \"+0"}})),
+                call(json!({"index": 0, "function": {"arguments": "2:00\"}"}})),
+                chunk(json!({}), json!("tool_calls")),
+                usage(TURN_1_USAGE),
+                done,
+            ],
+            false,
+        ),
+        2 => {
+            let last = body["messages"].as_array().and_then(|m| m.last());
+            let result = last
+                .filter(|m| m["role"] == "tool" && m["tool_call_id"] == CALL_ID)
+                .and_then(|m| serde_json::from_str::<Value>(m["content"].as_str()?).ok());
+            match result {
+                Some(r) if r["timezone"] == "+02:00" => sse(
+                    vec![
+                        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                        chunk(json!({"content": "Hello"}), Value::Null),
+                        chunk(json!({"content": " world"}), Value::Null),
+                        chunk(json!({}), json!("stop")),
+                        usage(TURN_2_USAGE),
+                        done,
+                    ],
+                    false,
+                ),
+                _ => refuse(format!(
+                    "the second request does not end with the current_time result for {CALL_ID} \
+                     as a tool message; it ends with {}",
+                    last.map(Value::to_string).unwrap_or_default()
+                )),
+            }
+        }
+        n => refuse(format!("unexpected request #{n}")),
+    }
+}
+
+async fn openai_compatible_provider_drives_a_whole_run(backend: Backend) {
+    let log = Arc::new(ChatLog::default());
+    let addr = serve(
+        Router::new()
+            .route("/v1/chat/completions", post(fake_chat))
+            .with_state(log.clone()),
+    )
+    .await;
+    // The `--config` file, loaded as `agentry serve` loads it. The key variable is unset: no key sent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [providers.openai]
+            base_url = "http://{addr}/v1"
+            api_key_env = "AGENTRY_TEST_UNSET_OPENAI_KEY"
+            timeout_secs = 10
+            max_retries = 0
+
+            [prices."openai/gpt-test"]
+            input_per_mtok = 2.0
+            output_per_mtok = 8.0
+            "#
+        ),
+    )
+    .unwrap();
+    let config = FileConfig::load(Some(&path)).expect("config file");
+    let server = TestServer::start_with_config(&backend, &config).await;
+    let key = server.admin_key.clone();
+
+    server
+        .agents(&key)
+        .await
+        .create_agent(CreateAgentRequest {
+            agent: Some(Agent {
+                id: "clock".into(),
+                name: "Clock".into(),
+                template: "You tell the time.".into(),
+                model: "openai/gpt-test".into(),
+                tools: vec![ToolBinding {
+                    name: "current_time".into(),
+                    requires_confirmation: false,
+                    config: None,
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut runs = server.runs(&key).await;
+    let run = runs
+        .start_run(StartRunRequest {
+            agent_id: "clock".into(),
+            message: "What time is it at +02:00?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = runs
+        .watch_run(WatchRunRequest {
+            run_id: run.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = watch.next().await {
+            events.push(e.unwrap());
+        }
+    })
+    .await
+    .expect("the run ends within 30 s");
+
+    // The event log, as the watcher saw it.
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| agentry::runs::events::kind(e.event.as_ref().unwrap()))
+        .collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+    let Some(Event::RunCompleted(completed)) = events.last().and_then(|e| e.event.clone()) else {
+        panic!("the run did not complete: {:?}", events.last());
+    };
+    let deltas: String = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::MessageDelta(d)) => Some(d.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, "Hello world", "{kinds:?}");
+    let started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ToolCallStarted(s)) => s.tool_call.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{kinds:?}");
+    assert_eq!(
+        (started[0].id.as_str(), started[0].name.as_str()),
+        (CALL_ID, "current_time")
+    );
+    assert_eq!(
+        serde_json::to_value(&started[0].arguments).unwrap(),
+        json!({"timezone": "+02:00"}),
+        "the arguments streamed in fragments, reassembled"
+    );
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ToolCallCompleted(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "{kinds:?}");
+    assert_eq!(
+        (results[0].tool_call_id.as_str(), results[0].name.as_str()),
+        (CALL_ID, "current_time")
+    );
+    let Some(Outcome::Result(result)) = &results[0].outcome else {
+        panic!("current_time failed: {:?}", results[0].outcome);
+    };
+    let result = serde_json::to_value(result).unwrap();
+    assert_eq!(result["timezone"], "+02:00");
+
+    // Usage: the sum of what the endpoint reported, priced at the configured rates.
+    let input = TURN_1_USAGE.0 + TURN_2_USAGE.0;
+    let output = TURN_1_USAGE.1 + TURN_2_USAGE.1;
+    let cost = (input as f64 * 2.0 + output as f64 * 8.0) / 1e6;
+    let check = |u: &Usage, what: &str| {
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (input, output, input + output),
+            "{what}"
+        );
+        assert!(
+            (u.cost_usd - cost).abs() < 1e-12,
+            "{what}: cost {} != {cost}",
+            u.cost_usd
+        );
+    };
+    assert_eq!(completed.output.as_ref().unwrap().content, "Hello world");
+    check(completed.usage.as_ref().unwrap(), "run_completed");
+    let got = runs
+        .get_run(GetRunRequest {
+            run_id: run.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, RunStatus::Completed as i32);
+    assert_eq!(got.model, "openai/gpt-test");
+    check(got.usage.as_ref().unwrap(), "GetRun");
+    let usage = runs
+        .get_usage(GetUsageRequest {
+            model: "openai/gpt-test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    check(usage.total.as_ref().unwrap(), "GetUsage");
+
+    // What the endpoint was sent: the model name without its provider, the tool, then the tool's
+    // result after the assistant's call.
+    let requests = log.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "one request per model turn");
+    for (headers, body) in &requests {
+        assert_eq!(body["model"], "gpt-test");
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["tools"][0]["function"]["name"], "current_time");
+        assert!(headers.get("authorization").is_none(), "no key configured");
+    }
+    assert_eq!(
+        requests[0].1["messages"],
+        json!([
+            {"role": "system", "content": "You tell the time."},
+            {"role": "user", "content": "What time is it at +02:00?"}
+        ])
+    );
+    let second = requests[1].1["messages"].as_array().unwrap();
+    assert_eq!(second.len(), 4, "{second:?}");
+    assert_eq!(
+        second[..2],
+        requests[0].1["messages"].as_array().unwrap()[..]
+    );
+    let assistant = &second[2];
+    assert_eq!(assistant["role"], "assistant");
+    assert_eq!(assistant["tool_calls"][0]["id"], CALL_ID);
+    assert_eq!(
+        assistant["tool_calls"][0]["function"]["name"],
+        "current_time"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(
+            assistant["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+        )
+        .unwrap(),
+        json!({"timezone": "+02:00"})
+    );
+    let tool = &second[3];
+    assert_eq!(
+        (tool["role"].as_str(), tool["tool_call_id"].as_str()),
+        (Some("tool"), Some(CALL_ID))
+    );
+    let sent: Value = serde_json::from_str(tool["content"].as_str().unwrap()).unwrap();
+    // The result the run recorded is the one the model was given (the event carries numbers as f64).
+    assert_eq!(
+        (&sent["iso"], &sent["timezone"]),
+        (&result["iso"], &result["timezone"])
+    );
+    assert_eq!(sent["unix"].as_f64(), result["unix"].as_f64());
+
+    server.finish().await;
+}
+
+on_both_backends!(openai_compatible_provider_drives_a_whole_run);

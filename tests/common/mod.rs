@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agentry::{
     auth::keys,
-    config::Settings,
+    config::{FileConfig, Settings},
     pb::{
         admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
         flow_service_client::FlowServiceClient, run_service_client::RunServiceClient,
@@ -147,15 +147,25 @@ impl TestServer {
 
     /// A server on `db`, bootstrapping `admin_key` if the database is empty.
     pub async fn start_on(db: TestDb, admin_key: String) -> TestServer {
+        Self::start_configured(db, admin_key, &Default::default()).await
+    }
+
+    /// A server on a fresh database of `backend` with the model providers and prices of `config`
+    /// (the `[providers.*]` and `[prices.*]` tables of a `--config` file), as `agentry serve` builds them.
+    pub async fn start_with_config(backend: &Backend, config: &FileConfig) -> TestServer {
+        let db = TestDb::new(backend).await;
+        Self::start_configured(db, keys::generate(), config).await
+    }
+
+    async fn start_configured(db: TestDb, admin_key: String, config: &FileConfig) -> TestServer {
         let settings = Settings {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             bootstrap_key: Some(admin_key.clone()),
             cors_origins: Vec::new(),
-            // As `agentry serve` without a config file: scripted, openai and anthropic.
-            models: agentry::models::config::build_models(&Default::default())
-                .expect("default models"),
+            // As `agentry serve` builds them: scripted, openai and anthropic, plus the file's providers.
+            models: agentry::models::config::build_models(config).expect("models from the config"),
             run_concurrency: 256,
         };
         let server = Server::bind(&settings).await.expect("server starts");

@@ -42,7 +42,7 @@ pub async fn serve(app: Router) -> SocketAddr {
 }
 
 /// An event-stream response sending `chunks` 5 ms apart, then (if `stall`) never ending.
-fn sse(chunks: Vec<String>, stall: bool) -> Response {
+pub fn sse(chunks: Vec<String>, stall: bool) -> Response {
     let s = futures_util::stream::iter(chunks).then(|c| async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         Ok::<_, Infallible>(c)
@@ -68,7 +68,8 @@ fn drip() -> Response {
         .into_response()
 }
 
-fn data(v: Value) -> String {
+/// One server-sent event carrying `v`.
+pub fn data(v: Value) -> String {
     format!("data: {v}\n\n")
 }
 
