@@ -19,7 +19,7 @@ use std::{
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 use tokio::{
-    sync::{Notify, Semaphore, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -164,7 +164,12 @@ pub struct Engine {
     slots: Arc<Semaphore>,
     concurrency: usize,
     agents: Mutex<HashMap<(String, String, i64), Arc<Agent>>>,
+    /// Set at shutdown: no new run starts here.
+    stopping: std::sync::atomic::AtomicBool,
 }
+
+/// A free execution slot, held from before a run is written until it executes.
+pub(crate) struct Reserved(OwnedSemaphorePermit);
 
 impl Engine {
     pub(crate) fn new(
@@ -192,6 +197,7 @@ impl Engine {
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             agents: Mutex::default(),
+            stopping: Default::default(),
         })
     }
 
@@ -204,19 +210,26 @@ impl Engine {
                 if *stop.borrow() {
                     break;
                 }
-                let free = self.slots.available_permits().min(CLAIM_BATCH);
+                // Slots are taken before claiming, so that runs started here meanwhile cannot
+                // leave a claimed run without one.
+                let mut permits: Vec<OwnedSemaphorePermit> =
+                    std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
+                        .take(CLAIM_BATCH)
+                        .collect();
+                let free = permits.len();
                 let mut claimed = 0;
                 if free > 0 {
                     match self.claim(free).await {
                         Ok(runs) => {
                             claimed = runs.len();
-                            for run in runs {
-                                self.clone().start_task(run);
+                            for (run, permit) in runs.into_iter().zip(permits.drain(..)) {
+                                self.clone().start_task(run, permit);
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "claiming runs failed"),
                     }
                 }
+                drop(permits);
                 if claimed == free && free > 0 {
                     continue; // there may be more waiting
                 }
@@ -226,6 +239,8 @@ impl Engine {
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::Release);
             self.local.stop_all(StopReason::Shutdown);
             // Tasks release their runs as they stop; wait for them (bounded).
             for _ in 0..100 {
@@ -241,11 +256,27 @@ impl Engine {
         })
     }
 
-    fn start_task(self: Arc<Self>, run: Claimed) {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            // Cannot happen (we claimed at most the free slots); the lease expires and it is reclaimed.
-            return;
-        };
+    /// A slot for a run started in this process, to execute it without a claim: the caller writes
+    /// the run already leased to [`Engine::owner`], then hands it to [`Engine::execute`]. None when
+    /// every slot is busy or the engine is stopping (the run is queued for whoever has room).
+    pub(crate) fn reserve(&self) -> Option<Reserved> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok().map(Reserved)
+    }
+
+    /// The lease a run written by a [`Engine::reserve`] holder starts with.
+    pub(crate) fn lease_expiry(&self) -> i64 {
+        now_micros() + LEASE.as_micros() as i64
+    }
+
+    /// Executes a run this process wrote already leased to itself.
+    pub(crate) fn execute(self: Arc<Self>, run: Claimed, slot: Reserved) {
+        self.start_task(run, slot.0);
+    }
+
+    fn start_task(self: Arc<Self>, run: Claimed, permit: OwnedSemaphorePermit) {
         let local = self.local.insert(&run.id);
         // The run's trace id (recorded once the run is decoded) ties every log line of the run together.
         let span = tracing::info_span!("run", run_id = %run.id, workspace = %run.workspace_id, trace_id = tracing::field::Empty);

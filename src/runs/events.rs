@@ -52,15 +52,17 @@ pub fn ends_watch(e: &RunEvent) -> bool {
     )
 }
 
-/// Stored events of a run after `after_seq`, at most `limit`, in order.
+/// Stored events of a run of the workspace after `after_seq`, at most `limit`, in order.
 pub async fn read(
     db: &impl ConnectionTrait,
+    workspace_id: &str,
     run_id: &str,
     after_seq: i64,
     limit: u64,
 ) -> Result<Vec<RunEvent>> {
     let rows = run_event::Entity::find()
         .filter(run_event::Column::RunId.eq(run_id))
+        .filter(run_event::Column::WorkspaceId.eq(workspace_id))
         .filter(run_event::Column::Seq.gt(after_seq))
         .order_by_asc(run_event::Column::Seq)
         .limit(limit)

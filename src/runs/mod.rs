@@ -52,6 +52,8 @@ pub struct Runs {
     writer: writer::Writer,
     /// This process's id: the owner of the leases it takes, the sender of its notices.
     me: Arc<str>,
+    /// The engine executing runs in this process (none in tools that only read).
+    engine: std::sync::OnceLock<Arc<engine::Engine>>,
 }
 
 impl Runs {
@@ -62,6 +64,7 @@ impl Runs {
         Runs {
             writer: writer::Writer::spawn(db.clone(), hub.clone(), me.clone()),
             me,
+            engine: Default::default(),
             db,
             hub,
             wake: Arc::default(),
@@ -104,7 +107,9 @@ impl Runs {
             wake: self.wake.clone(),
             local: self.cancels.clone(),
         };
-        engine::Engine::new(wiring, models, tools, concurrency)
+        let engine = engine::Engine::new(wiring, models, tools, concurrency);
+        let _ = self.engine.set(engine.clone());
+        engine
     }
 
     /// Validates and queues a run. With an idempotency key already used in the workspace, returns the
@@ -180,6 +185,18 @@ impl Runs {
             ..Default::default()
         };
         let request = RunRequestExtras::from(&req);
+        // With a free slot here, the run is written already leased to this process and executes at
+        // once: no claim, no wake-up. Otherwise it waits in the queue for any process with room.
+        let engine = self.engine.get();
+        let slot = engine.and_then(|e| e.reserve());
+        let (status, lease_owner, lease_expire_time) = match (engine, &slot) {
+            (Some(e), Some(_)) => (
+                RunStatus::Running as i32,
+                Some(self.me.to_string()),
+                Some(e.lease_expiry()),
+            ),
+            _ => (run.status, None, None),
+        };
         let row = run::Model {
             id: run.id.clone(),
             workspace_id: ws.to_owned(),
@@ -187,11 +204,11 @@ impl Runs {
             agent_version: run.agent_version,
             session_id: run.session_id.clone(),
             user_id: run.user_id.clone(),
-            status: run.status,
+            status,
             trigger_source: run.trigger.as_ref().map(|t| t.source).unwrap_or(1),
             idempotency_key: (!run.idempotency_key.is_empty()).then(|| run.idempotency_key.clone()),
-            lease_owner: None,
-            lease_expire_time: None,
+            lease_owner,
+            lease_expire_time,
             spec: run.encode_to_vec(),
             create_time: now,
             start_time: None,
@@ -206,6 +223,13 @@ impl Runs {
             last_seq: 0,
         };
         let queued = vec![Event::RunQueued(RunQueued {})];
+        let claimed = slot.is_some().then(|| engine::Claimed {
+            id: row.id.clone(),
+            workspace_id: row.workspace_id.clone(),
+            spec: row.spec.clone(),
+            checkpoint: row.checkpoint.clone(),
+            cancel_requested: false,
+        });
         if !self.writer.create(row, queued).await? {
             // Two requests with one idempotency key raced: the other one's run is the answer.
             if !req.idempotency_key.is_empty()
@@ -215,7 +239,10 @@ impl Runs {
             }
             return Err(Error::internal("a new run's id collided with another run"));
         }
-        self.wake.notify_one();
+        match (engine, slot, claimed) {
+            (Some(engine), Some(slot), Some(claimed)) => engine.clone().execute(claimed, slot),
+            _ => self.wake.notify_one(),
+        }
         Ok(run)
     }
 
@@ -235,13 +262,7 @@ impl Runs {
 
     pub(crate) async fn row(&self, ws: &str, run_id: &str) -> Result<run::Model> {
         let missing = || Error::not_found(format!("run {run_id:?} not found"));
-        if uuid::Uuid::parse_str(run_id).is_err() {
-            return Err(if run_id.is_empty() {
-                Error::invalid("run_id", "is required")
-            } else {
-                missing()
-            });
-        }
+        check_run_id(run_id)?;
         run::Entity::find_by_id(run_id.to_owned())
             .filter(run::Column::WorkspaceId.eq(ws))
             .one(self.db.reader())
@@ -328,7 +349,7 @@ impl Runs {
             s.parse()
                 .map_err(|_| Error::invalid("cursor", "malformed or foreign page cursor"))?
         };
-        let mut evs = events::read(self.db.reader(), run_id, after, limit + 1).await?;
+        let mut evs = events::read(self.db.reader(), ws, run_id, after, limit + 1).await?;
         let next = if evs.len() as u64 > limit {
             evs.truncate(limit as usize);
             evs.last()
@@ -378,6 +399,15 @@ impl RunRequestExtras {
     pub fn decode(checkpoint: Option<&str>) -> Option<RunRequestExtras> {
         let v: serde_json::Value = serde_json::from_str(checkpoint?).ok()?;
         serde_json::from_value(v.get("request")?.clone()).ok()
+    }
+}
+
+/// A run id is a UUID; anything else names no run.
+fn check_run_id(run_id: &str) -> Result<()> {
+    match uuid::Uuid::parse_str(run_id) {
+        Ok(_) => Ok(()),
+        Err(_) if run_id.is_empty() => Err(Error::invalid("run_id", "is required")),
+        Err(_) => Err(Error::not_found(format!("run {run_id:?} not found"))),
     }
 }
 

@@ -38,23 +38,33 @@ impl Runs {
                 "must be 0 or more",
             ));
         }
+        super::check_run_id(run_id)?;
         let mut live = self.hub.subscribe(run_id);
-        let row = self.row(ws, run_id).await?;
-        let settled = matches!(
-            RunStatus::try_from(row.status),
-            Ok(RunStatus::Completed
-                | RunStatus::Failed
-                | RunStatus::Cancelled
-                | RunStatus::RequiresAction)
-        );
+        let first = events::read(self.db.reader(), ws, run_id, after_seq, READ_BATCH).await?;
+        // Every run logs run_queued first, so an empty read means the run is missing (or another
+        // workspace's), or the client has everything: only then is the run itself read. A run that
+        // is settled (ended, or waiting for a human) ends its log with the event saying so.
+        let settled = if first.is_empty() {
+            let row = self.row(ws, run_id).await?;
+            matches!(
+                RunStatus::try_from(row.status),
+                Ok(RunStatus::Completed
+                    | RunStatus::Failed
+                    | RunStatus::Cancelled
+                    | RunStatus::RequiresAction)
+            )
+        } else {
+            false
+        };
         let (tx, rx) = mpsc::channel::<Result<RunEvent, tonic::Status>>(256);
         let db = self.db.clone();
         let hub = self.hub.clone();
         let closing = self.closing.clone();
         let run_id = run_id.to_owned();
+        let ws = ws.to_owned();
         tokio::spawn(async move {
             let mut last = after_seq;
-            match catch_up(&db, &tx, &run_id, &mut last).await {
+            match catch_up(&db, &ws, &tx, &run_id, &mut last, first).await {
                 None | Some(true) => return finish(&hub, &run_id),
                 Some(false) if settled => return finish(&hub, &run_id),
                 Some(false) => {}
@@ -62,7 +72,7 @@ impl Runs {
             loop {
                 let ended = tokio::select! {
                     msg = live.recv() => match msg {
-                        Ok(Live::Poke) => catch_up(&db, &tx, &run_id, &mut last).await,
+                        Ok(Live::Poke) => catch_up(&db, &ws, &tx, &run_id, &mut last, Vec::new()).await,
                         Ok(Live::Event(e)) if e.seq <= last => continue,
                         Ok(Live::Event(e)) if e.seq == last + 1 => {
                             last = e.seq;
@@ -74,10 +84,10 @@ impl Runs {
                             }
                         }
                         // A gap or a lag: the log has everything.
-                        Ok(_) | Err(RecvError::Lagged(_)) => catch_up(&db, &tx, &run_id, &mut last).await,
-                        Err(RecvError::Closed) => catch_up(&db, &tx, &run_id, &mut last).await,
+                        Ok(_) | Err(RecvError::Lagged(_)) => catch_up(&db, &ws, &tx, &run_id, &mut last, Vec::new()).await,
+                        Err(RecvError::Closed) => catch_up(&db, &ws, &tx, &run_id, &mut last, Vec::new()).await,
                     },
-                    _ = tokio::time::sleep(POLL_EVERY) => catch_up(&db, &tx, &run_id, &mut last).await,
+                    _ = tokio::time::sleep(POLL_EVERY) => catch_up(&db, &ws, &tx, &run_id, &mut last, Vec::new()).await,
                     _ = tx.closed() => None,
                     _ = closing.cancelled() => None,
                 };
@@ -104,19 +114,26 @@ async fn still_waiting(db: &Db, run_id: &str) -> bool {
 
 /// Sends the logged events after `last`, advancing it. Some(true) when an ending event was sent,
 /// Some(false) when the log is exhausted, None when the client left (or the log could not be read).
+/// `first`, when not empty, is the log read already (after `last`).
 async fn catch_up(
     db: &Db,
+    ws: &str,
     tx: &mpsc::Sender<Result<RunEvent, tonic::Status>>,
     run_id: &str,
     last: &mut i64,
+    mut first: Vec<RunEvent>,
 ) -> Option<bool> {
     loop {
-        let batch = match events::read(db.reader(), run_id, *last, READ_BATCH).await {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return None;
+        let batch = if first.is_empty() {
+            match events::read(db.reader(), ws, run_id, *last, READ_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return None;
+                }
             }
+        } else {
+            std::mem::take(&mut first)
         };
         let n = batch.len() as u64;
         let count = batch.len();

@@ -15,7 +15,10 @@
 //! If a batch fails (a constraint, a lost connection), its changes are retried one by one, so one bad
 //! change fails alone.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use prost::Message as _;
 use sea_orm::{
@@ -228,11 +231,23 @@ async fn write(db: &Db, me: &str, ops: &[Op], now: i64) -> Result<Vec<Option<i64
             }
         }
     }
-    for (i, op) in ops.iter().enumerate() {
-        if let Op::Change { change, events, .. } = op
-            && let Some(last) = apply(&txn, backend, change, events.len(), now).await?
-        {
-            seqs[i] = Some(last - events.len() as i64 + 1);
+    // Changes in rounds where each run appears once (an UPDATE ... FROM matches a row once); in
+    // practice one round, as a worker waits for each commit before its next change.
+    let mut rest: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], Op::Change { .. }))
+        .collect();
+    while !rest.is_empty() {
+        let mut seen = HashSet::with_capacity(rest.len());
+        let (round, later): (Vec<usize>, Vec<usize>) =
+            rest.into_iter().partition(|&i| seen.insert(ops[i].ids().0));
+        rest = later;
+        for chunk in round.chunks(ROWS_PER_INSERT) {
+            let applied = apply(&txn, backend, ops, chunk, now).await?;
+            for &i in chunk {
+                if let Some(last) = applied.get(ops[i].ids().0) {
+                    seqs[i] = Some(last - ops[i].events().len() as i64 + 1);
+                }
+            }
         }
     }
     insert_events(&txn, backend, ops, &seqs, now).await?;
@@ -260,7 +275,7 @@ fn notices(me: &str, ops: &[Op], seqs: &[Option<i64>]) -> Vec<String> {
             .map(|(op, _)| op)
     };
     let claimable = applied().any(|op| match op {
-        Op::Create { .. } => true,
+        Op::Create { row, .. } => row.status == RunStatus::Queued as i32,
         Op::Change { change, .. } => change.status == RunStatus::Queued,
     });
     let with_events = applied()
@@ -336,64 +351,84 @@ async fn insert_runs(
         .collect()
 }
 
-/// Applies one change if its guard holds; returns the run's new `last_seq`.
+const CHANGE_ARITY: usize = 13;
+
+/// Applies the changes `ops[chunk]` (distinct runs) in one statement, each only if its guard holds;
+/// returns the new `last_seq` of each run changed. A NULL in the VALUES row leaves the column as is.
 async fn apply(
     txn: &DatabaseTransaction,
     backend: DbBackend,
-    c: &RunChange,
-    n_events: usize,
+    ops: &[Op],
+    chunk: &[usize],
     now: i64,
-) -> Result<Option<i64>> {
-    let mut sql =
-        String::from("UPDATE runs SET status = ?, update_time = ?, last_seq = last_seq + ?");
-    let mut values: Vec<Value> = vec![
-        (c.status as i32).into(),
-        now.into(),
-        (n_events as i64).into(),
-    ];
-    if let Some(spec) = &c.spec {
-        sql.push_str(", spec = ?");
-        values.push(spec.clone().into());
+) -> Result<HashMap<String, i64>> {
+    let mut values: Vec<Value> = Vec::with_capacity(2 + chunk.len() * CHANGE_ARITY);
+    values.extend([Value::from(now), Value::from(now)]);
+    for &i in chunk {
+        let Op::Change {
+            change: c, events, ..
+        } = &ops[i]
+        else {
+            continue;
+        };
+        let (input, output, cost) = match c.usage {
+            Some((i, o, c)) => (Some(i), Some(o), Some(c)),
+            None => (None, None, None),
+        };
+        let (from, owner) = match &c.guard {
+            Guard::Lease(owner) => (RunStatus::Running, Some(owner.clone())),
+            Guard::Status(from) => (*from, None),
+        };
+        values.extend([
+            Value::from(c.run_id.as_str()),
+            (c.status as i32).into(),
+            (events.len() as i64).into(),
+            c.spec.clone().into(),
+            c.checkpoint.clone().into(),
+            input.into(),
+            output.into(),
+            cost.into(),
+            c.start_time.into(),
+            c.end.into(),
+            c.release_lease.into(),
+            (from as i32).into(),
+            owner.into(),
+        ]);
     }
-    if let Some(cp) = &c.checkpoint {
-        sql.push_str(", checkpoint = ?");
-        values.push(cp.as_str().into());
-    }
-    if let Some((input, output, cost)) = c.usage {
-        sql.push_str(", input_tokens = ?, output_tokens = ?, cost_usd = ?");
-        values.extend([input.into(), output.into(), cost.into()]);
-    }
-    if let Some(t) = c.start_time {
-        sql.push_str(", start_time = ?");
-        values.push(t.into());
-    }
-    if c.end {
-        sql.push_str(", end_time = ?");
-        values.push(now.into());
-    }
-    if c.release_lease {
-        sql.push_str(", lease_owner = NULL, lease_expire_time = NULL");
-    }
-    sql.push_str(" WHERE id = ? AND status = ?");
-    values.push(c.run_id.as_str().into());
-    match &c.guard {
-        Guard::Lease(owner) => {
-            sql.push_str(" AND lease_owner = ?");
-            values.push((RunStatus::Running as i32).into());
-            values.push(owner.as_str().into());
-        }
-        Guard::Status(from) => values.push((*from as i32).into()),
-    }
-    sql.push_str(" RETURNING last_seq");
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
+    let rows = (values.len() - 2) / CHANGE_ARITY;
+    // VALUES columns are named column1, column2... on both SQLite and PostgreSQL.
+    let sql = format!(
+        "UPDATE runs SET status = v.column2, update_time = ?, last_seq = runs.last_seq + v.column3, \
+         spec = COALESCE(v.column4, runs.spec), checkpoint = COALESCE(v.column5, runs.checkpoint), \
+         input_tokens = COALESCE(v.column6, runs.input_tokens), \
+         output_tokens = COALESCE(v.column7, runs.output_tokens), \
+         cost_usd = COALESCE(v.column8, runs.cost_usd), \
+         start_time = COALESCE(v.column9, runs.start_time), \
+         end_time = CASE WHEN v.column10 THEN ? ELSE runs.end_time END, \
+         lease_owner = CASE WHEN v.column11 THEN NULL ELSE runs.lease_owner END, \
+         lease_expire_time = CASE WHEN v.column11 THEN NULL ELSE runs.lease_expire_time END \
+         FROM (VALUES {}) AS v \
+         WHERE runs.id = v.column1 AND runs.status = v.column12 \
+         AND (v.column13 IS NULL OR runs.lease_owner = v.column13) \
+         RETURNING id, last_seq",
+        tuples(rows, CHANGE_ARITY)
+    );
+    let returned = txn
+        .query_all_raw(Statement::from_sql_and_values(
             backend,
             placeholders(backend, &sql),
             values,
         ))
         .await?;
-    row.map(|r| Ok(r.try_get::<i64>("", "last_seq")?))
-        .transpose()
+    returned
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String>("", "id")?,
+                r.try_get::<i64>("", "last_seq")?,
+            ))
+        })
+        .collect()
 }
 
 /// Appends the events of every applied op, numbered from its first sequence number.
