@@ -608,6 +608,17 @@ async fn openai_compatible_provider_drives_a_whole_run(backend: Backend) {
         .start_run(StartRunRequest {
             agent_id: "clock".into(),
             message: "What time is it at +02:00?".into(),
+            images: vec![
+                agentry::pb::Image {
+                    url: "https://example.com/clock.png".into(),
+                    ..Default::default()
+                },
+                agentry::pb::Image {
+                    data: "iVBORw0KGgo=".into(),
+                    mime_type: "image/png".into(),
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         })
         .await
@@ -735,8 +746,13 @@ async fn openai_compatible_provider_drives_a_whole_run(backend: Backend) {
         requests[0].1["messages"],
         json!([
             {"role": "system", "content": "You tell the time."},
-            {"role": "user", "content": "What time is it at +02:00?"}
-        ])
+            {"role": "user", "content": [
+                {"type": "text", "text": "What time is it at +02:00?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/clock.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+            ]}
+        ]),
+        "the run's images ride on the user's message"
     );
     let second = requests[1].1["messages"].as_array().unwrap();
     assert_eq!(second.len(), 4, "{second:?}");

@@ -461,6 +461,43 @@ async fn input_is_validated_against_the_schema(backend: Backend) {
         .await,
         Code::NotFound,
     );
+
+    // Images: a base64 payload with an image type, or an http(s) URL; the failing one is named.
+    let image = |data: &str, mime: &str, url: &str| agentry::pb::Image {
+        data: data.into(),
+        mime_type: mime.into(),
+        url: url.into(),
+    };
+    let ok = image("iVBORw0KGgo=", "image/png", "");
+    for (bad, field) in [
+        (image("", "", ""), "images[1]"),
+        (
+            image("iVBORw0KGgo=", "image/png", "https://x.test/a.png"),
+            "images[1]",
+        ),
+        (
+            image("iVBORw0KGgo=", "text/html", ""),
+            "images[1].mime_type",
+        ),
+        (image("not base64!", "image/png", ""), "images[1].data"),
+        (image("", "", "file:///etc/passwd"), "images[1].url"),
+    ] {
+        let req = StartRunRequest {
+            images: vec![ok.clone(), bad],
+            input: Some(to_struct(json!({"company": "acme"}))),
+            ..start("typed", "")
+        };
+        let st = expect_code(runs.start_run(req).await, Code::InvalidArgument);
+        let details =
+            tonic_types::StatusExt::get_details_bad_request(&st).expect("a BadRequest detail");
+        assert_eq!(details.field_violations[0].field, field, "{st:?}");
+    }
+    let with_images = StartRunRequest {
+        images: vec![ok, image("", "", "https://x.test/a.png")],
+        input: Some(to_struct(json!({"company": "acme"}))),
+        ..start("typed", "")
+    };
+    runs.start_run(with_images).await.unwrap();
     srv.finish().await;
 }
 

@@ -128,7 +128,11 @@ fn messages(msgs: &[Message]) -> Vec<Value> {
     for m in msgs {
         let (role, blocks) = match m.role {
             Role::System => continue,
-            Role::User => ("user", text_block(&m.content)),
+            Role::User => {
+                let mut blocks = text_block(&m.content);
+                blocks.extend(m.images.iter().map(|i| image_block(i)));
+                ("user", blocks)
+            }
             Role::Assistant => {
                 let mut blocks = text_block(&m.content);
                 for c in &m.tool_calls {
@@ -163,6 +167,15 @@ fn messages(msgs: &[Message]) -> Vec<Value> {
     out.into_iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect()
+}
+
+/// An image block: base64 for a `data:` URI, otherwise a URL source.
+fn image_block(image: &str) -> Value {
+    match super::split_data_uri(image) {
+        Some((mime, data)) => json!({"type": "image", "source":
+            {"type": "base64", "media_type": mime, "data": data}}),
+        None => json!({"type": "image", "source": {"type": "url", "url": image}}),
+    }
 }
 
 /// The API rejects empty text blocks.
@@ -467,6 +480,7 @@ mod tests {
             content: "ok".into(),
             tool_calls: vec![],
             tool_call_id: Some(id.into()),
+            images: vec![],
         };
         let req = ModelRequest {
             model: "claude-x".into(),
@@ -479,10 +493,17 @@ mod tests {
                     content: "calling".into(),
                     tool_calls: vec![call("t1"), call("t2")],
                     tool_call_id: None,
+                    images: vec![],
                 },
                 tool("t1"),
                 tool("t2"),
-                Message::new(Role::User, "and?"),
+                Message {
+                    images: vec![
+                        "data:image/png;base64,iVBORw0KGgo=".into(),
+                        "https://example.com/cat.jpg".into(),
+                    ],
+                    ..Message::new(Role::User, "and?")
+                },
             ],
             tools: vec![ToolSpec {
                 name: "f".into(),
@@ -505,10 +526,18 @@ mod tests {
             json!({"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}})
         );
         assert_eq!(m[2]["role"], "user");
+        let last = m[2]["content"].as_array().unwrap();
+        assert_eq!(
+            last[last.len() - 2..],
+            [
+                json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}),
+                json!({"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}),
+            ]
+        );
         assert_eq!(
             m[2]["content"].as_array().unwrap().len(),
-            3,
-            "two results and the next user text in one turn"
+            5,
+            "two results, the next user text and its two images in one turn"
         );
         assert_eq!(m[2]["content"][0]["tool_use_id"], "t1");
         assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));

@@ -30,6 +30,9 @@ pub struct Message {
     /// For a `Tool` message: the call it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// Images of a `User` message: `https://` URLs or `data:<mime>;base64,<data>` URIs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +62,16 @@ impl Message {
             content: content.into(),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            images: Vec::new(),
         }
     }
+}
+
+/// A `data:` URI's media type and base64 payload.
+pub fn split_data_uri(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("data:")?;
+    let (mime, data) = rest.split_once(";base64,")?;
+    Some((mime, data))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -143,6 +143,18 @@ fn message_json(m: &Message) -> Value {
             "tool_call_id": m.tool_call_id.clone().unwrap_or_default(),
             "content": m.content,
         }),
+        Role::User if !m.images.is_empty() => {
+            let mut parts = Vec::with_capacity(m.images.len() + 1);
+            if !m.content.is_empty() {
+                parts.push(json!({"type": "text", "text": m.content}));
+            }
+            parts.extend(
+                m.images
+                    .iter()
+                    .map(|url| json!({"type": "image_url", "image_url": {"url": url}})),
+            );
+            json!({"role": "user", "content": parts})
+        }
         role => json!({"role": role.as_str(), "content": m.content}),
     }
 }
@@ -478,7 +490,10 @@ mod tests {
             model: "gpt-4o-mini".into(),
             messages: vec![
                 Message::new(Role::System, "be brief"),
-                Message::new(Role::User, "time?"),
+                Message {
+                    images: vec!["https://example.com/clock.png".into()],
+                    ..Message::new(Role::User, "time?")
+                },
                 Message {
                     role: Role::Assistant,
                     content: String::new(),
@@ -488,12 +503,14 @@ mod tests {
                         arguments: json!({}),
                     }],
                     tool_call_id: None,
+                    images: vec![],
                 },
                 Message {
                     role: Role::Tool,
                     content: "{\"iso\":\"x\"}".into(),
                     tool_calls: vec![],
                     tool_call_id: Some("c1".into()),
+                    images: vec![],
                 },
             ],
             tools: vec![ToolSpec {
@@ -511,6 +528,13 @@ mod tests {
         assert_eq!(
             b["messages"][0],
             json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(
+            b["messages"][1]["content"],
+            json!([
+                {"type": "text", "text": "time?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/clock.png"}}
+            ])
         );
         assert_eq!(b["messages"][2]["content"], Value::Null);
         assert_eq!(

@@ -584,7 +584,10 @@ async fn initial_conversation(
             ));
         }
     }
-    messages.push(Message::new(Role::User, user_text(run)));
+    messages.push(Message {
+        images: extras.images.clone(),
+        ..Message::new(Role::User, user_text(run))
+    });
     Ok(messages)
 }
 

@@ -155,6 +155,7 @@ impl Runs {
             return Err(Error::invalid("model", "must be \"provider/model\""));
         }
         check_lengths(&req)?;
+        check_images(&req.images)?;
         if let Some(schema) = &agent.input_schema {
             check_input(schema, req.input.as_ref())?;
         }
@@ -374,6 +375,9 @@ pub(crate) struct RunRequestExtras {
     pub temperature: Option<f64>,
     pub max_tokens: Option<i32>,
     pub top_p: Option<f64>,
+    /// The user message's images, as URLs or `data:` URIs.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 impl RunRequestExtras {
@@ -388,6 +392,17 @@ impl RunRequestExtras {
             temperature: s.temperature,
             max_tokens: s.max_tokens,
             top_p: s.top_p,
+            images: req
+                .images
+                .iter()
+                .map(|i| {
+                    if i.url.is_empty() {
+                        format!("data:{};base64,{}", i.mime_type, i.data)
+                    } else {
+                        i.url.clone()
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -400,6 +415,56 @@ impl RunRequestExtras {
         let v: serde_json::Value = serde_json::from_str(checkpoint?).ok()?;
         serde_json::from_value(v.get("request")?.clone()).ok()
     }
+}
+
+/// Most images per request, and the largest one (base64 characters, about 3 MiB of image).
+const MAX_IMAGES: usize = 16;
+const MAX_IMAGE_BASE64: usize = 4 << 20;
+
+/// Each image is a base64 payload with an image media type, or an http(s) URL; not both.
+fn check_images(images: &[crate::pb::Image]) -> Result<()> {
+    use base64::Engine as _;
+    if images.len() > MAX_IMAGES {
+        return Err(Error::invalid(
+            "images",
+            format!("at most {MAX_IMAGES} images"),
+        ));
+    }
+    for (i, img) in images.iter().enumerate() {
+        let field = |f: &str| format!("images[{i}]{f}");
+        match (img.data.is_empty(), img.url.is_empty()) {
+            (true, true) => return Err(Error::invalid(field(""), "give data or url")),
+            (false, false) => return Err(Error::invalid(field(""), "give data or url, not both")),
+            (true, false) => {
+                let ok = reqwest::Url::parse(&img.url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                if !ok || img.url.len() > 8192 {
+                    return Err(Error::invalid(field(".url"), "must be an http(s) URL"));
+                }
+            }
+            (false, true) => {
+                if !matches!(
+                    img.mime_type.as_str(),
+                    "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+                ) {
+                    return Err(Error::invalid(
+                        field(".mime_type"),
+                        "must be image/png, image/jpeg, image/gif or image/webp",
+                    ));
+                }
+                if img.data.len() > MAX_IMAGE_BASE64 {
+                    return Err(Error::invalid(field(".data"), "image too large"));
+                }
+                if base64::engine::general_purpose::STANDARD
+                    .decode(img.data.as_bytes())
+                    .is_err()
+                {
+                    return Err(Error::invalid(field(".data"), "must be standard base64"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A run id is a UUID; anything else names no run.
