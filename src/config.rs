@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Default: none (no CORS headers).
     #[arg(long, env = "AGENTRY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Deliver webhooks to private, loopback and link-local addresses too (refused by default:
+    /// webhook URLs are chosen by workspace admins).
+    #[arg(long, env = "AGENTRY_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: bool,
 }
 
 /// The `--config` file.
@@ -114,6 +118,8 @@ pub struct Settings {
     pub models: crate::models::Models,
     /// Runs executing at once in this process.
     pub run_concurrency: usize,
+    /// Webhooks may target private addresses.
+    pub webhooks_allow_private: bool,
 }
 
 impl FileConfig {
@@ -167,6 +173,7 @@ impl ServeArgs {
                 .collect(),
             models: crate::models::config::build_models(&file)?,
             run_concurrency: self.run_concurrency,
+            webhooks_allow_private: self.webhooks_allow_private,
         })
     }
 }

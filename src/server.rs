@@ -43,6 +43,7 @@ pub struct Server {
     bootstrap_secret: Option<String>,
     cors_origins: Vec<String>,
     run_concurrency: usize,
+    webhooks_allow_private: bool,
 }
 
 impl Server {
@@ -64,6 +65,7 @@ impl Server {
             bootstrap_secret,
             cors_origins: settings.cors_origins.clone(),
             run_concurrency: settings.run_concurrency,
+            webhooks_allow_private: settings.webhooks_allow_private,
         })
     }
 
@@ -106,6 +108,12 @@ impl Server {
         );
         let engine_task = engine.spawn(stop_rx.clone());
         let run_notices = state.runs.listen(stop_rx.clone());
+        let deliveries = crate::admin::delivery::spawn(
+            state.db.clone(),
+            state.runs.deliveries_queued(),
+            self.webhooks_allow_private,
+            stop_rx.clone(),
+        );
         // The builder's tcp_nodelay does not apply to a listener we bind ourselves: without TCP_NODELAY
         // on accepted sockets, Nagle's algorithm holds multi-segment responses for the peer's delayed
         // ACK (a flat ~40 ms per ListAgents call).
@@ -185,7 +193,10 @@ impl Server {
                 (Ok(()), Ok(()))
             }
         };
-        for task in [listener, run_notices].into_iter().flatten() {
+        for task in [listener, run_notices, Some(deliveries)]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
         state.db.clone().close().await;

@@ -1,6 +1,8 @@
 //! Workspaces and what belongs to them administratively: API keys and webhooks.
 
+pub mod delivery;
 pub mod keys;
+pub mod outbox;
 pub mod webhooks;
 
 use sea_orm::{

@@ -20,6 +20,8 @@
 mod errors;
 mod grpc;
 mod json_out;
+/// Canonical proto3 JSON of an encoded message (also the webhook payloads' `data`).
+pub(crate) use json_out::to_json as proto_json;
 mod json_wkt;
 mod middleware;
 mod routes;

@@ -54,6 +54,8 @@ pub struct Runs {
     me: Arc<str>,
     /// The engine executing runs in this process (none in tools that only read).
     engine: std::sync::OnceLock<Arc<engine::Engine>>,
+    /// Notified when webhook deliveries were queued.
+    deliveries: Arc<Notify>,
 }
 
 impl Runs {
@@ -61,10 +63,12 @@ impl Runs {
     pub fn new(db: Db) -> Runs {
         let hub = Arc::<Hub>::default();
         let me: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let deliveries = Arc::<Notify>::default();
         Runs {
-            writer: writer::Writer::spawn(db.clone(), hub.clone(), me.clone()),
+            writer: writer::Writer::spawn(db.clone(), hub.clone(), me.clone(), deliveries.clone()),
             me,
             engine: Default::default(),
+            deliveries,
             db,
             hub,
             wake: Arc::default(),
@@ -86,6 +90,11 @@ impl Runs {
             local: self.cancels.clone(),
         }
         .listen(&self.db, stop)
+    }
+
+    /// Notified whenever this process queued webhook deliveries.
+    pub fn deliveries_queued(&self) -> Arc<Notify> {
+        self.deliveries.clone()
     }
 
     /// Ends every open watch stream (server shutdown).

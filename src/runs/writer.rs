@@ -24,13 +24,14 @@ use prost::Message as _;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait, Value,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
     events::{self, Hub},
     notify::Kind,
 };
 use crate::{
+    admin::outbox::Lifecycle,
     error::{Error, Result},
     pb::{RunEvent, RunStatus, run_event::Event},
     store::{
@@ -110,9 +111,10 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the writer task; it ends when the last handle is dropped.
-    pub fn spawn(db: Db, hub: Arc<Hub>, me: Arc<str>) -> Writer {
+    /// `deliveries` is notified when webhook deliveries were queued.
+    pub fn spawn(db: Db, hub: Arc<Hub>, me: Arc<str>, deliveries: Arc<Notify>) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, hub, me, rx));
+        tokio::spawn(run(db, hub, me, deliveries, rx));
         Writer { tx }
     }
 
@@ -152,18 +154,24 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, hub: Arc<Hub>, me: Arc<str>, mut rx: mpsc::Receiver<Op>) {
+async fn run(
+    db: Db,
+    hub: Arc<Hub>,
+    me: Arc<str>,
+    deliveries: Arc<Notify>,
+    mut rx: mpsc::Receiver<Op>,
+) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
         let now = now_micros();
-        match write(&db, &me, &ops, now).await {
+        match write(&db, &me, &deliveries, &ops, now).await {
             Ok(seqs) => finish(&hub, ops.drain(..), seqs, now),
             Err(e) if ops.len() == 1 => reply_err(ops.pop(), e),
             Err(e) => {
                 tracing::warn!(error = %e, changes = ops.len(), "batched run write failed; retrying one by one");
                 for op in ops.drain(..) {
                     let now = now_micros();
-                    match write(&db, &me, std::slice::from_ref(&op), now).await {
+                    match write(&db, &me, &deliveries, std::slice::from_ref(&op), now).await {
                         Ok(seqs) => finish(&hub, std::iter::once(op), seqs, now),
                         Err(e) => reply_err(Some(op), e),
                     }
@@ -215,7 +223,13 @@ fn finish(hub: &Hub, ops: impl Iterator<Item = Op>, seqs: Vec<Option<i64>>, now:
 
 /// Writes `ops` in one transaction. For each op: the sequence number of its first event, or None if
 /// it was not applied (a create that conflicted, a change whose guard failed).
-async fn write(db: &Db, me: &str, ops: &[Op], now: i64) -> Result<Vec<Option<i64>>> {
+async fn write(
+    db: &Db,
+    me: &str,
+    deliveries: &Notify,
+    ops: &[Op],
+    now: i64,
+) -> Result<Vec<Option<i64>>> {
     let backend = db.backend();
     let txn = db.writer().begin().await?;
     let mut seqs = vec![None; ops.len()];
@@ -251,6 +265,8 @@ async fn write(db: &Db, me: &str, ops: &[Op], now: i64) -> Result<Vec<Option<i64
         }
     }
     insert_events(&txn, backend, ops, &seqs, now).await?;
+    let announced =
+        crate::admin::outbox::enqueue(&txn, backend, &lifecycle(ops, &seqs), now).await?;
     if backend == DbBackend::Postgres {
         // Delivered with the commit, and only if it commits.
         for payload in notices(me, ops, &seqs) {
@@ -262,7 +278,45 @@ async fn write(db: &Db, me: &str, ops: &[Op], now: i64) -> Result<Vec<Option<i64
         }
     }
     txn.commit().await?;
+    if announced > 0 {
+        deliveries.notify_one();
+    }
     Ok(seqs)
+}
+
+/// The lifecycle events of the applied ops, for the webhook outbox.
+fn lifecycle<'a>(ops: &'a [Op], seqs: &[Option<i64>]) -> Vec<Lifecycle<'a>> {
+    let mut out = Vec::new();
+    for (op, first) in ops.iter().zip(seqs) {
+        let Some(first) = *first else { continue };
+        let (run_id, workspace_id) = op.ids();
+        let run = match op {
+            Op::Create { row, .. } => row.spec.as_slice(),
+            Op::Change { change, .. } => match &change.spec {
+                Some(spec) => spec.as_slice(),
+                None => continue,
+            },
+        };
+        for (e, seq) in op.events().iter().zip(first..) {
+            let event_type = match e {
+                Event::RunQueued(_) => "run.queued",
+                Event::RunStarted(_) => "run.started",
+                Event::ApprovalRequired(_) => "run.requires_action",
+                Event::RunCompleted(_) => "run.completed",
+                Event::RunFailed(_) => "run.failed",
+                Event::RunCancelled(_) => "run.cancelled",
+                _ => continue,
+            };
+            out.push(Lifecycle {
+                workspace_id,
+                event_type,
+                run_id,
+                seq,
+                run,
+            });
+        }
+    }
+    out
 }
 
 /// What the other processes must hear of this batch: the runs with new events, and whether a run

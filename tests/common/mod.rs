@@ -167,6 +167,8 @@ impl TestServer {
             // As `agentry serve` builds them: scripted, openai and anthropic, plus the file's providers.
             models: agentry::models::config::build_models(config).expect("models from the config"),
             run_concurrency: 256,
+            // Tests receive webhooks on 127.0.0.1.
+            webhooks_allow_private: true,
         };
         let server = Server::bind(&settings).await.expect("server starts");
         let (grpc_addr, http_addr) = (server.grpc_addr(), server.http_addr());
