@@ -603,11 +603,35 @@ async fn openai_compatible_provider_drives_a_whole_run(backend: Backend) {
         })
         .await
         .unwrap();
+    // Something the user asked to be remembered earlier: it is in the system prompt of the run.
+    let workspace = server
+        .admin(&key)
+        .await
+        .get_workspace(agentry::pb::GetWorkspaceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let db = agentry::store::Db::connect(&server.db.url).await.unwrap();
+    use agentry::tools::Tool as _;
+    agentry::tools::memory::MemoryTool::new(db)
+        .call(
+            &agentry::tools::ToolContext {
+                workspace_id: workspace.workspace.unwrap().id,
+                user_id: "ann".into(),
+                session_id: String::new(),
+                run_id: String::new(),
+                config: Value::Null,
+            },
+            json!({"action": "save", "content": "prefers 24-hour time"}),
+        )
+        .await
+        .unwrap();
     let mut runs = server.runs(&key).await;
     let run = runs
         .start_run(StartRunRequest {
             agent_id: "clock".into(),
             message: "What time is it at +02:00?".into(),
+            user_id: "ann".into(),
             images: vec![
                 agentry::pb::Image {
                     url: "https://example.com/clock.png".into(),
@@ -745,7 +769,7 @@ async fn openai_compatible_provider_drives_a_whole_run(backend: Backend) {
     assert_eq!(
         requests[0].1["messages"],
         json!([
-            {"role": "system", "content": "You tell the time."},
+            {"role": "system", "content": "You tell the time.\n\nWhat you remember about the user (saved with the memory tool):\n- prefers 24-hour time"},
             {"role": "user", "content": [
                 {"type": "text", "text": "What time is it at +02:00?"},
                 {"type": "image_url", "image_url": {"url": "https://example.com/clock.png"}},

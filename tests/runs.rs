@@ -501,6 +501,69 @@ async fn input_is_validated_against_the_schema(backend: Backend) {
     srv.finish().await;
 }
 
+async fn reasoning_steps_are_reported(backend: Backend) {
+    let srv = TestServer::start(&backend).await;
+    let script = json!([
+        {"tool_calls": [{"name": "current_time", "arguments": {}}]},
+        {"text": "It is late"}
+    ]);
+    let tools = vec![ToolBinding {
+        name: "current_time".into(),
+        ..Default::default()
+    }];
+    for (id, max) in [("thinker", None), ("hasty", Some(1))] {
+        let mut a = scripted(id, script.clone(), tools.clone());
+        a.config = Some(agentry::pb::AgentConfig {
+            enable_reasoning: Some(true),
+            reasoning_max_steps: max,
+            ..Default::default()
+        });
+        srv.agents(&srv.admin_key)
+            .await
+            .create_agent(CreateAgentRequest { agent: Some(a) })
+            .await
+            .unwrap();
+    }
+    let mut runs = srv.runs(&srv.admin_key).await;
+    let run = runs
+        .start_run(start("thinker", "what time is it?"))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = watch_all(&srv, &run.id, 0).await;
+    let steps: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ReasoningStep(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(steps[0].action.starts_with("current_time("), "{steps:?}");
+    assert!(steps[0].result.starts_with("current_time: {"), "{steps:?}");
+    assert_eq!(steps[0].next_action, "continue");
+    assert_eq!(
+        (steps[1].reasoning.as_str(), steps[1].next_action.as_str()),
+        ("It is late", "final_answer")
+    );
+    assert_eq!(kind(events.last().unwrap()), "run_completed");
+
+    // reasoning_max_steps bounds the model turns.
+    let run = runs
+        .start_run(start("hasty", "what time is it?"))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = watch_all(&srv, &run.id, 0).await;
+    match &events.last().unwrap().event {
+        Some(Event::RunFailed(f)) => {
+            assert_eq!(f.error.as_ref().unwrap().code, "max_steps_exceeded")
+        }
+        other => panic!("expected run_failed, got {other:?}"),
+    }
+    srv.finish().await;
+}
+
 async fn two_hundred_concurrent_runs(backend: Backend) {
     let srv = TestServer::start(&backend).await;
     srv.agents(&srv.admin_key)
@@ -553,5 +616,6 @@ on_both_backends!(
     cancel_while_streaming,
     idempotent_start,
     input_is_validated_against_the_schema,
+    reasoning_steps_are_reported,
     two_hundred_concurrent_runs,
 );

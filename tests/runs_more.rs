@@ -297,6 +297,58 @@ async fn memory_tool_saves_per_user(backend: Backend) {
         .into_inner();
     assert_eq!(mems.memories.len(), 1);
     assert_eq!(mems.memories[0].content, "likes green tea");
+
+    // config.enable_memory (on by default) gives a run with a user the memory tool, bound or not;
+    // turned off, the tool is not the agent's.
+    let lister = json!([{"tool_calls": [{"name": "memory", "arguments": {"action": "list"}}]}, {"text": "ok"}]);
+    for (id, enabled) in [("recaller", None), ("forgetful", Some(false))] {
+        let agent = Agent {
+            id: id.into(),
+            name: id.into(),
+            model: "scripted/script".into(),
+            metadata: Some(to_struct(json!({ "script": lister }))),
+            config: Some(agentry::pb::AgentConfig {
+                enable_memory: enabled,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        srv.agents(&srv.admin_key)
+            .await
+            .create_agent(CreateAgentRequest { agent: Some(agent) })
+            .await
+            .unwrap();
+        let run = runs
+            .start_run(StartRunRequest {
+                agent_id: id.into(),
+                message: "what do you know?".into(),
+                user_id: "ann".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = runs
+            .watch_run(WatchRunRequest {
+                run_id: run.id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut outcome = None;
+        while let Some(e) = events.next().await {
+            if let Some(agentry::pb::run_event::Event::ToolCallCompleted(c)) = e.unwrap().event {
+                outcome = c.outcome;
+            }
+        }
+        let outcome = serde_json::to_string(&format!("{outcome:?}")).unwrap();
+        if enabled.is_none() {
+            assert!(outcome.contains("likes green tea"), "{id}: {outcome}");
+        } else {
+            assert!(outcome.contains("unknown_tool"), "{id}: {outcome}");
+        }
+    }
     let none = runs
         .list_memories(ListMemoriesRequest {
             user_id: "bob".into(),

@@ -27,9 +27,9 @@ use crate::{
     error::Result,
     models::{Message, ModelError, ModelEvent, ModelRequest, Role, ToolCallRequest, ToolSpec},
     pb::{
-        Agent, ApprovalRequired, ChatMessage, ErrorInfo, MessageDelta, Run, RunCancelled,
-        RunCompleted, RunFailed, RunOutput, RunStarted, RunStatus, ToolCall, ToolCallCompleted,
-        ToolCallStarted, Usage, run_event::Event, tool_call_completed::Outcome,
+        Agent, ApprovalRequired, ChatMessage, ErrorInfo, MessageDelta, ReasoningStep, Run,
+        RunCancelled, RunCompleted, RunFailed, RunOutput, RunStarted, RunStatus, ToolCall,
+        ToolCallCompleted, ToolCallStarted, Usage, run_event::Event, tool_call_completed::Outcome,
     },
     store::{
         entities::run,
@@ -96,12 +96,16 @@ pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> 
     r.run.status = RunStatus::Running as i32;
     r.run.pending_tool_calls.clear();
     let settings = agent.model_settings.unwrap_or_default();
-    let max_steps = agent
-        .config
-        .as_ref()
-        .and_then(|c| c.max_steps)
-        .unwrap_or(10)
-        .max(1) as u32;
+    let config = agent.config.clone().unwrap_or_default();
+    // With reasoning on, every model turn is a reasoning step (a `reasoning_step` event tells what
+    // the model thought, did and got), and `reasoning_max_steps` bounds the turns.
+    let reasoning = config.enable_reasoning.unwrap_or(false);
+    let max_steps = if reasoning {
+        config.reasoning_max_steps.unwrap_or(10)
+    } else {
+        config.max_steps.unwrap_or(10)
+    }
+    .max(1) as u32;
     loop {
         if let Some(reason) = local.reason() {
             return r.stop(&cp, reason).await;
@@ -124,6 +128,7 @@ pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> 
                     return r.stop(&cp, reason).await;
                 }
             }
+            let (mut actions, mut results) = (Vec::new(), Vec::new());
             for call in std::mem::take(&mut cp.pending) {
                 let content = match &call.outcome {
                     Some(Ok(v)) => v.to_string(),
@@ -132,10 +137,31 @@ pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> 
                     }
                     None => String::new(),
                 };
+                if reasoning {
+                    actions.push(format!("{}({})", call.name, call.arguments));
+                    results.push(format!("{}: {content}", call.name));
+                }
                 cp.messages.push(Message {
                     tool_call_id: Some(call.id),
                     ..Message::new(Role::Tool, content)
                 });
+            }
+            if reasoning {
+                let thought = cp
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::Assistant)
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default();
+                r.deferred.push(Event::ReasoningStep(ReasoningStep {
+                    title: format!("Step {}", cp.steps),
+                    reasoning: thought,
+                    action: actions.join("; "),
+                    result: results.join("\n"),
+                    next_action: "continue".into(),
+                    confidence: None,
+                }));
             }
         }
         if cp.steps >= max_steps {
@@ -155,7 +181,7 @@ pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> 
         let request = ModelRequest {
             model: model_name.to_owned(),
             messages: cp.messages.clone(),
-            tools: tool_specs(engine, &agent),
+            tools: tool_specs(engine, &agent, &r.run),
             temperature: cp.overrides.temperature.or(settings.temperature),
             max_tokens: cp.overrides.max_tokens.or(settings.max_tokens),
             top_p: cp.overrides.top_p.or(settings.top_p),
@@ -182,6 +208,14 @@ pub(super) async fn run(engine: &Engine, claimed: Claimed, local: &LocalRun) -> 
             ..Message::new(Role::Assistant, text.clone())
         });
         if calls.is_empty() {
+            if reasoning {
+                r.deferred.push(Event::ReasoningStep(ReasoningStep {
+                    title: format!("Step {}", cp.steps),
+                    reasoning: text.clone(),
+                    next_action: "final_answer".into(),
+                    ..Default::default()
+                }));
+            }
             return r.complete(&cp, &agent, text).await;
         }
         cp.pending = calls
@@ -312,7 +346,7 @@ impl Runner<'_> {
                     .engine
                     .tools
                     .get(&call.name)
-                    .filter(|_| agent.tools.iter().any(|b| b.name == call.name))
+                    .filter(|_| may_call(agent, &self.run, &call.name))
                 {
                     None => Err((
                         "unknown_tool".to_owned(),
@@ -529,18 +563,55 @@ pub(super) fn tool_call_pb(c: &PendingCall, arguments: Option<&Value>) -> ToolCa
     }
 }
 
-/// The tools the agent binds that this server provides.
-fn tool_specs(engine: &Engine, agent: &Agent) -> Vec<ToolSpec> {
-    agent
-        .tools
-        .iter()
-        .filter_map(|b| engine.tools.get(&b.name))
+/// The built-in tool that `config.enable_memory` gives every run with a user.
+const MEMORY_TOOL: &str = "memory";
+/// Memories put in the system prompt at the start of a run, newest first.
+const MEMORIES_IN_PROMPT: u64 = 20;
+
+/// Whether the run has the user's memories: `config.enable_memory` (default on) and a user.
+fn memory_enabled(agent: &Agent, run: &Run) -> bool {
+    !run.user_id.is_empty()
+        && agent
+            .config
+            .as_ref()
+            .and_then(|c| c.enable_memory)
+            .unwrap_or(true)
+}
+
+/// Whether the run may call `name`: the agent binds it, or it is the memory tool and memory is on.
+fn may_call(agent: &Agent, run: &Run, name: &str) -> bool {
+    agent.tools.iter().any(|b| b.name == name)
+        || (name == MEMORY_TOOL && memory_enabled(agent, run))
+}
+
+/// The tools the run may call that this server provides.
+fn tool_specs(engine: &Engine, agent: &Agent, run: &Run) -> Vec<ToolSpec> {
+    let bound = agent.tools.iter().map(|b| b.name.as_str());
+    let memory = (memory_enabled(agent, run) && !agent.tools.iter().any(|b| b.name == MEMORY_TOOL))
+        .then_some(MEMORY_TOOL);
+    bound
+        .chain(memory)
+        .filter_map(|name| engine.tools.get(name))
         .map(|t| ToolSpec {
             name: t.name().to_owned(),
             description: t.description().to_owned(),
             parameters: t.parameters(),
         })
         .collect()
+}
+
+/// What the run's user asked the agent to remember, newest first, for the system prompt.
+async fn memories(engine: &Engine, ws: &str, user_id: &str) -> Result<Vec<String>> {
+    use crate::store::entities::memory;
+    let rows = memory::Entity::find()
+        .filter(memory::Column::WorkspaceId.eq(ws))
+        .filter(memory::Column::UserId.eq(user_id))
+        .order_by_desc(memory::Column::CreateTime)
+        .order_by_desc(memory::Column::Id)
+        .limit(MEMORIES_IN_PROMPT)
+        .all(engine.db.reader())
+        .await?;
+    Ok(rows.into_iter().map(|m| m.content).collect())
 }
 
 /// System prompt (the rendered template, or the request's override), the session's recent history,
@@ -553,11 +624,24 @@ async fn initial_conversation(
     extras: &RunRequestExtras,
 ) -> Result<Vec<Message>> {
     let mut messages = Vec::new();
-    let system = if extras.system_prompt.is_empty() {
+    let mut system = if extras.system_prompt.is_empty() {
         template::render(&agent.template, run, extras)?
     } else {
         extras.system_prompt.clone()
     };
+    if memory_enabled(agent, run) {
+        let remembered = memories(engine, ws, &run.user_id).await?;
+        if !remembered.is_empty() {
+            if !system.trim().is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str("What you remember about the user (saved with the memory tool):");
+            for m in remembered {
+                system.push_str("\n- ");
+                system.push_str(&m);
+            }
+        }
+    }
     if !system.trim().is_empty() {
         messages.push(Message::new(Role::System, system));
     }
