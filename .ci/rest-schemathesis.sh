@@ -9,7 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check schemathesis openapi-spec-validator
+# Pinned: the versions this check was last seen green with. One worker: with two threads, hypothesis
+# 6.170's lambda descriptions (ast.parse) hit CPython 3.11's "AST constructor recursion depth mismatch"
+# race, a crash of the tool itself that has nothing to do with the API under test.
+python3 -m pip install --quiet --disable-pip-version-check \
+  schemathesis==4.32.5 hypothesis==6.170.15 openapi-spec-validator==0.9.0
 
 tmp=$(mktemp -d)
 KEY=$(cargo run -q --bin agentry -- keys generate)
@@ -30,7 +34,7 @@ python3 -m schemathesis.cli run "$BASE/openapi.json" \
   --checks not_a_server_error,response_schema_conformance \
   --exclude-tag FlowService \
   --exclude-operation-id-regex 'RevokeApiKey' \
-  --max-examples 10 --workers 2 --max-time 180 --request-timeout 30 \
+  --max-examples 10 --workers 1 --max-time 180 --request-timeout 30 \
   --seed 20261122 || fail "schemathesis found 5xx answers or schema violations (see above)"
 
 grep -q "panicked" "$tmp/server.log" && fail "the server panicked"
