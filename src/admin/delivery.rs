@@ -12,7 +12,7 @@
 //! reserved addresses are refused (unless the server allows them) and the checked address is the one
 //! connected to.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
@@ -27,7 +27,7 @@ use crate::{
     error::Result,
     pb::DeliveryStatus,
     store::{Db, placeholders, time::now_micros},
-    tools::http_request::is_blocked,
+    tools::http_request::{Refused, pinned_client},
 };
 
 /// Attempts before a delivery is FAILED.
@@ -189,37 +189,11 @@ async fn send(url: &str, secret: &str, d: &Due, allow_private: bool) -> Attempt 
         Ok(u) => u,
         Err(e) => return failed(0, format!("bad URL: {e}")),
     };
-    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-        return failed(0, "the URL has no host".into());
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(a) => a.collect(),
-        Err(e) => return failed(0, format!("cannot resolve {host}: {e}")),
-    };
-    if addrs.is_empty() {
-        return failed(0, format!("{host} resolves to no address"));
-    }
-    if !allow_private && let Some(a) = addrs.iter().find(|a| is_blocked(a.ip())) {
-        return failed(
-            0,
-            format!(
-                "{host} resolves to {}, a private or reserved address",
-                a.ip()
-            ),
-        );
-    }
-    let client = crate::models::http::client_builder()
-        .resolve_to_addrs(&host, &addrs)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .build();
-    let client = match client {
+    let client = match pinned_client(&parsed, allow_private, TIMEOUT).await {
         Ok(c) => c,
-        Err(e) => return failed(0, format!("HTTP client: {e}")),
+        Err(Refused::Timeout(m) | Refused::Unresolved(m) | Refused::Private(m)) => {
+            return failed(0, m);
+        }
     };
     let timestamp = now_micros() / 1_000_000;
     let response = client

@@ -134,12 +134,6 @@ async fn execute(config: &Config, args: Args) -> Result<Value, ToolError> {
         .filter(|h| !h.is_empty())
         .ok_or_else(|| invalid("the url has no host"))?
         .to_owned();
-    // An IP literal (IPv6 in brackets), or a domain name to resolve.
-    let literal: Option<IpAddr> = host_name
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok();
     if !host_allowed(&host_name, &config.allowed_hosts) {
         return Err(if config.allowed_hosts.is_empty() {
             forbidden(
@@ -151,46 +145,15 @@ async fn execute(config: &Config, args: Args) -> Result<Value, ToolError> {
             ))
         });
     }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = match literal {
-        Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => tokio::time::timeout_at(
-            deadline,
-            tokio::net::lookup_host((host_name.as_str(), port)),
-        )
+    let client = pinned_client(&url, config.allow_private, timeout)
         .await
-        .map_err(|_| ToolError::new("timeout", format!("resolving {host_name} timed out")))?
-        .map_err(|e| ToolError::new("tool_failed", format!("cannot resolve {host_name}: {e}")))?
-        .collect(),
-    };
-    if addrs.is_empty() {
-        return Err(ToolError::new(
-            "tool_failed",
-            format!("{host_name} has no address"),
-        ));
-    }
-    if !config.allow_private
-        && let Some(a) = addrs.iter().find(|a| is_blocked(a.ip()))
-    {
-        return Err(forbidden(format!(
-            "{host_name} resolves to {}, a private or reserved address (set allow_private in the binding to allow it)",
-            a.ip()
-        )));
-    }
-
-    let mut builder = client_builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)));
-    if literal.is_none() {
-        // Connect only to the addresses checked above (no second DNS lookup).
-        builder = builder.resolve_to_addrs(&host_name, &addrs);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| ToolError::new("tool_failed", format!("http client: {e}")))?;
+        .map_err(|e| match e {
+            Refused::Timeout(m) => ToolError::new("timeout", m),
+            Refused::Unresolved(m) => ToolError::new("tool_failed", m),
+            Refused::Private(m) => forbidden(format!(
+                "{m} (set allow_private in the binding to allow it)"
+            )),
+        })?;
     let mut req = client.request(method.parse().expect("a known method"), url.clone());
     let mut has_content_type = false;
     for (name, value) in &args.headers {
@@ -311,6 +274,67 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
             }
         }
     })
+}
+
+/// Why [`pinned_client`] refused a URL.
+#[derive(Debug)]
+pub enum Refused {
+    /// Resolving the host took longer than the timeout.
+    Timeout(String),
+    /// No host, or it does not resolve.
+    Unresolved(String),
+    /// The host has a private or reserved address.
+    Private(String),
+}
+
+/// A client for `url` (http or https) that connects only to the host's public addresses, checked
+/// here and pinned so a second DNS answer cannot rebind the name (unless `allow_private`, any address
+/// is refused that [`is_blocked`]); no proxy, no redirects, `timeout` overall.
+pub async fn pinned_client(
+    url: &reqwest::Url,
+    allow_private: bool,
+    timeout: Duration,
+) -> Result<reqwest::Client, Refused> {
+    let host_name = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| Refused::Unresolved("the url has no host".into()))?;
+    // An IP literal (IPv6 in brackets), or a domain name to resolve.
+    let literal: Option<IpAddr> = host_name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<SocketAddr> = match literal {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => tokio::time::timeout(timeout, tokio::net::lookup_host((host_name, port)))
+            .await
+            .map_err(|_| Refused::Timeout(format!("resolving {host_name} timed out")))?
+            .map_err(|e| Refused::Unresolved(format!("cannot resolve {host_name}: {e}")))?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(Refused::Unresolved(format!("{host_name} has no address")));
+    }
+    if !allow_private && let Some(a) = addrs.iter().find(|a| is_blocked(a.ip())) {
+        return Err(Refused::Private(format!(
+            "{host_name} resolves to {}, a private or reserved address",
+            a.ip()
+        )));
+    }
+    let mut builder = client_builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)));
+    if literal.is_none() {
+        // Connect only to the addresses checked above (no second DNS lookup).
+        builder = builder.resolve_to_addrs(host_name, &addrs);
+    }
+    builder
+        .build()
+        .map_err(|e| Refused::Unresolved(format!("http client: {e}")))
 }
 
 /// Whether `ip` is anything but a public unicast address.
