@@ -600,20 +600,6 @@ fn tool_specs(engine: &Engine, agent: &Agent, run: &Run) -> Vec<ToolSpec> {
         .collect()
 }
 
-/// What the run's user asked the agent to remember, newest first, for the system prompt.
-async fn memories(engine: &Engine, ws: &str, user_id: &str) -> Result<Vec<String>> {
-    use crate::store::entities::memory;
-    let rows = memory::Entity::find()
-        .filter(memory::Column::WorkspaceId.eq(ws))
-        .filter(memory::Column::UserId.eq(user_id))
-        .order_by_desc(memory::Column::CreateTime)
-        .order_by_desc(memory::Column::Id)
-        .limit(MEMORIES_IN_PROMPT)
-        .all(engine.db.reader())
-        .await?;
-    Ok(rows.into_iter().map(|m| m.content).collect())
-}
-
 /// System prompt (the rendered template, or the request's override), the session's recent history,
 /// and the user's message.
 async fn initial_conversation(
@@ -630,7 +616,8 @@ async fn initial_conversation(
         extras.system_prompt.clone()
     };
     if memory_enabled(agent, run) {
-        let remembered = memories(engine, ws, &run.user_id).await?;
+        let remembered =
+            crate::tools::memory::recent(&engine.db, ws, &run.user_id, MEMORIES_IN_PROMPT).await?;
         if !remembered.is_empty() {
             if !system.trim().is_empty() {
                 system.push_str("\n\n");
@@ -638,7 +625,7 @@ async fn initial_conversation(
             system.push_str("What you remember about the user (saved with the memory tool):");
             for m in remembered {
                 system.push_str("\n- ");
-                system.push_str(&m);
+                system.push_str(&m.content);
             }
         }
     }

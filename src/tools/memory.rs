@@ -33,6 +33,23 @@ impl MemoryTool {
     }
 }
 
+/// A user's memories, newest first (what `list` answers, and what a run's system prompt recalls).
+pub async fn recent(
+    db: &Db,
+    workspace_id: &str,
+    user_id: &str,
+    limit: u64,
+) -> Result<Vec<memory::Model>, sea_orm::DbErr> {
+    memory::Entity::find()
+        .filter(memory::Column::WorkspaceId.eq(workspace_id))
+        .filter(memory::Column::UserId.eq(user_id))
+        .order_by_desc(memory::Column::CreateTime)
+        .order_by_desc(memory::Column::Id)
+        .limit(limit)
+        .all(db.reader())
+        .await
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Action {
@@ -186,9 +203,7 @@ impl Tool for MemoryTool {
             }
             Action::List => {
                 let limit = args.limit.unwrap_or(LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
-                let rows = mine()
-                    .limit(limit)
-                    .all(self.db.reader())
+                let rows = recent(&self.db, &ctx.workspace_id, &ctx.user_id, limit)
                     .await
                     .map_err(failed)?;
                 Ok(json!({"memories": rows.iter().map(to_json).collect::<Vec<_>>()}))
