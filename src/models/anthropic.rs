@@ -58,26 +58,14 @@ impl Anthropic {
 #[tonic::async_trait]
 impl ModelProvider for Anthropic {
     async fn stream(&self, req: ModelRequest) -> Result<ModelStream, ModelError> {
-        let body = serde_json::to_vec(&request_body(&req)).map_err(|e| {
-            ModelError::new(
-                "model_config",
-                format!("cannot encode the request: {e}"),
-                false,
-            )
-        })?;
-        let (url, key) = (self.url.clone(), self.api_key.clone());
-        let request: http::RequestFn = Arc::new(move |c: &reqwest::Client| {
-            let mut b = c
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .header("anthropic-version", API_VERSION)
-                .body(body.clone());
-            if let Some(k) = &key {
-                b = b.header("x-api-key", k);
+        let key = self.api_key.clone();
+        let request = http::sse_post(&self.url, &request_body(&req), move |b| {
+            let b = b.header("anthropic-version", API_VERSION);
+            match &key {
+                Some(k) => b.header("x-api-key", k),
+                None => b,
             }
-            b
-        });
+        })?;
         Ok(http::stream(
             self.client.clone(),
             self.settings.clone(),

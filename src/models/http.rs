@@ -231,6 +231,31 @@ pub trait Decoder: Send + 'static {
 
 pub type RequestFn = Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
 
+/// The request of a streamed call: `body` POSTed as JSON to `url` asking for an event stream, with
+/// the provider's own headers (its key, its API version) added by `headers`.
+pub fn sse_post(
+    url: &str,
+    body: &serde_json::Value,
+    headers: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Send + Sync + 'static,
+) -> Result<RequestFn, ModelError> {
+    let body = serde_json::to_vec(body).map_err(|e| {
+        ModelError::new(
+            "model_config",
+            format!("cannot encode the request: {e}"),
+            false,
+        )
+    })?;
+    let url = url.to_owned();
+    Ok(Arc::new(move |c: &reqwest::Client| {
+        headers(
+            c.post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .body(body.clone()),
+        )
+    }))
+}
+
 /// A lazily started, retried streaming call: nothing happens until the stream is polled, and
 /// dropping the stream aborts the request in flight.
 pub fn stream<D: Decoder>(

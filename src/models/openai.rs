@@ -50,25 +50,11 @@ impl OpenAiCompatible {
 #[tonic::async_trait]
 impl ModelProvider for OpenAiCompatible {
     async fn stream(&self, req: ModelRequest) -> Result<ModelStream, ModelError> {
-        let body = serde_json::to_vec(&request_body(&req)).map_err(|e| {
-            ModelError::new(
-                "model_config",
-                format!("cannot encode the request: {e}"),
-                false,
-            )
+        let key = self.api_key.clone();
+        let request = http::sse_post(&self.url, &request_body(&req), move |b| match &key {
+            Some(k) => b.bearer_auth(k),
+            None => b,
         })?;
-        let (url, key) = (self.url.clone(), self.api_key.clone());
-        let request: http::RequestFn = Arc::new(move |c: &reqwest::Client| {
-            let mut b = c
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .body(body.clone());
-            if let Some(k) = &key {
-                b = b.bearer_auth(k);
-            }
-            b
-        });
         Ok(http::stream(
             self.client.clone(),
             self.settings.clone(),

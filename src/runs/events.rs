@@ -39,6 +39,19 @@ pub fn kind(e: &Event) -> &'static str {
     }
 }
 
+/// The webhook event type a lifecycle event announces; None for the others (deltas, tool calls...).
+pub fn lifecycle_type(e: &Event) -> Option<&'static str> {
+    Some(match e {
+        Event::RunQueued(_) => "run.queued",
+        Event::RunStarted(_) => "run.started",
+        Event::ApprovalRequired(_) => "run.requires_action",
+        Event::RunCompleted(_) => "run.completed",
+        Event::RunFailed(_) => "run.failed",
+        Event::RunCancelled(_) => "run.cancelled",
+        _ => return None,
+    })
+}
+
 /// Whether a watcher stops after this event (the run is terminal or waits for a human).
 pub fn ends_watch(e: &RunEvent) -> bool {
     matches!(

@@ -44,20 +44,16 @@ impl Kind {
     }
 }
 
-/// The payloads announcing `kind` for `ids` (one for `Claimable`, which names no run).
+/// The payloads announcing `kind` for `ids` (`Claimable` names no run: one payload).
 pub(crate) fn payloads<'a>(
     sender: &str,
     kind: Kind,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Vec<String> {
-    let ids: Vec<&str> = ids.into_iter().collect();
-    if kind == Kind::Claimable || ids.is_empty() {
-        return if kind == Kind::Claimable {
-            vec![format!("{sender}\t{}\t", kind.code())]
-        } else {
-            Vec::new()
-        };
+    if kind == Kind::Claimable {
+        return vec![format!("{sender}\t{}\t", kind.code())];
     }
+    let ids: Vec<&str> = ids.into_iter().collect();
     ids.chunks(IDS_PER_NOTICE)
         .map(|chunk| format!("{sender}\t{}\t{}", kind.code(), chunk.join(",")))
         .collect()

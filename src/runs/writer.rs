@@ -298,14 +298,8 @@ fn lifecycle<'a>(ops: &'a [Op], seqs: &[Option<i64>]) -> Vec<Lifecycle<'a>> {
             },
         };
         for (e, seq) in op.events().iter().zip(first..) {
-            let event_type = match e {
-                Event::RunQueued(_) => "run.queued",
-                Event::RunStarted(_) => "run.started",
-                Event::ApprovalRequired(_) => "run.requires_action",
-                Event::RunCompleted(_) => "run.completed",
-                Event::RunFailed(_) => "run.failed",
-                Event::RunCancelled(_) => "run.cancelled",
-                _ => continue,
+            let Some(event_type) = events::lifecycle_type(e) else {
+                continue;
             };
             out.push(Lifecycle {
                 workspace_id,
