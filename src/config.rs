@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// webhook URLs are chosen by workspace admins).
     #[arg(long, env = "AGENTRY_WEBHOOKS_ALLOW_PRIVATE")]
     pub webhooks_allow_private: bool,
+    /// Let the HTTP nodes of flows reach private, loopback and link-local addresses too (refused by
+    /// default: a flow's URLs may be rendered from event payloads).
+    #[arg(long, env = "AGENTRY_FLOWS_ALLOW_PRIVATE")]
+    pub flows_allow_private: bool,
 }
 
 /// The `--config` file.
@@ -120,6 +124,8 @@ pub struct Settings {
     pub run_concurrency: usize,
     /// Webhooks may target private addresses.
     pub webhooks_allow_private: bool,
+    /// Flow HTTP nodes may target private addresses.
+    pub flows_allow_private: bool,
 }
 
 impl FileConfig {
@@ -174,6 +180,7 @@ impl ServeArgs {
             models: crate::models::config::build_models(&file)?,
             run_concurrency: self.run_concurrency,
             webhooks_allow_private: self.webhooks_allow_private,
+            flows_allow_private: self.flows_allow_private,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Agentry: a gRPC-first server that hosts AI agents and the flows that chain them.
 //!
 //! Layers, outside in: `proto/` (the contract) → [`api`] (thin tonic services: authorize, validate,
-//! convert) → domain modules ([`agents`], [`admin`]) → [`store`] (sea-orm entities, migrations, queries).
+//! convert) → domain modules ([`agents`], [`runs`], [`flows`], [`admin`]) → [`store`] (sea-orm entities, migrations, queries).
 //! [`auth`] decides the caller once per request; [`error`] is the one error type, mapped once to
 //! `tonic::Status`.
 
@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod models;
 pub mod pb;
 pub mod rest;

@@ -44,6 +44,7 @@ pub struct Server {
     cors_origins: Vec<String>,
     run_concurrency: usize,
     webhooks_allow_private: bool,
+    flows_allow_private: bool,
 }
 
 impl Server {
@@ -66,6 +67,7 @@ impl Server {
             cors_origins: settings.cors_origins.clone(),
             run_concurrency: settings.run_concurrency,
             webhooks_allow_private: settings.webhooks_allow_private,
+            flows_allow_private: settings.flows_allow_private,
         })
     }
 
@@ -108,6 +110,10 @@ impl Server {
         );
         let engine_task = engine.spawn(stop_rx.clone());
         let run_notices = state.runs.listen(stop_rx.clone());
+        let flow_engine =
+            crate::flows::executor::FlowEngine::new(state.clone(), self.flows_allow_private)
+                .spawn(stop_rx.clone());
+        let flow_notices = state.flows.listen(stop_rx.clone());
         let deliveries = crate::admin::delivery::spawn(
             state.db.clone(),
             state.runs.deliveries_queued(),
@@ -170,6 +176,7 @@ impl Server {
         // Open WatchRun streams end (clients resume from their last seq); the engine hands its runs
         // back to the queue; the servers drain.
         state.runs.close();
+        state.flows.close();
         let _ = stop_tx.send(true);
         // A health Watch stream never ends on its own and would hold the drain open forever: with the
         // statuses removed, each watcher gets the NOT_SERVING above, then the end of its stream.
@@ -177,6 +184,7 @@ impl Server {
             health.clear_service_status(s).await;
         }
         let _ = engine_task.await;
+        let _ = flow_engine.await;
         // Requests in flight get DRAIN_DEADLINE to finish; a stream still open then (a client that
         // never hangs up) is cut, so that shutdown always completes.
         let grpc_abort = grpc_task.abort_handle();
@@ -193,7 +201,7 @@ impl Server {
                 (Ok(()), Ok(()))
             }
         };
-        for task in [listener, run_notices, Some(deliveries)]
+        for task in [listener, run_notices, flow_notices, Some(deliveries)]
             .into_iter()
             .flatten()
         {
@@ -217,7 +225,10 @@ fn api_routes(state: &Arc<AppState>) -> tonic::service::Routes {
         RunServiceServer::new(RunApi::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
-    .add_service(FlowServiceServer::new(FlowApi).max_decoding_message_size(MAX_REQUEST_BYTES))
+    .add_service(
+        FlowServiceServer::new(FlowApi::new(state.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
     .add_service(
         AdminServiceServer::new(AdminApi::new(state.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),

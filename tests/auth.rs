@@ -607,8 +607,16 @@ async fn runs_and_flows_need_a_key(backend: Backend) {
         version: 0,
     };
     expect_code(
-        srv.flows(&srv.admin_key).await.get_flow(get_flow).await,
-        Code::Unimplemented,
+        srv.flows(&srv.admin_key)
+            .await
+            .get_flow(get_flow.clone())
+            .await,
+        Code::NotFound,
+    );
+    // A key without flows:read cannot read flows.
+    expect_code(
+        srv.flows(&admin_only).await.get_flow(get_flow).await,
+        Code::PermissionDenied,
     );
     srv.finish().await;
 }

@@ -111,9 +111,11 @@ async fn statuses_and_bodies(backend: Backend) {
     r.expect_error(405, 12);
     assert_eq!(r.header("allow"), Some("POST"));
 
-    // 501: FlowService answers UNIMPLEMENTED until the flow executor lands.
-    h.get("/v1/flows").await.expect_error(501, 12);
-    h.get("/api/v1/flows/templates").await.expect_error(501, 12);
+    // The flow routes answer (FlowService is implemented): a missing flow is a 404 with the JSON body.
+    h.get("/v1/flows/nope").await.expect_error(404, 5);
+    h.get("/api/v1/flows/runs/not-a-uuid")
+        .await
+        .expect_error(404, 5);
     srv.finish().await;
 }
 

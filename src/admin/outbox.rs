@@ -16,9 +16,11 @@ pub struct Lifecycle<'a> {
     /// (`<run_id>:<seq>`): one per event, the same on every retry.
     pub run_id: &'a str,
     pub seq: i64,
-    /// What the event is about: the encoded `Run`, sent as its JSON (decoded only if a webhook wants
-    /// the event).
+    /// What the event is about: the encoded `Run` (or `FlowRun`, see `message`), sent as its JSON
+    /// (decoded only if a webhook wants the event).
     pub run: &'a [u8],
+    /// The full name of the encoded message, e.g. `agentry.v1.Run`.
+    pub message: &'static str,
 }
 
 const ARITY: usize = 10;
@@ -87,7 +89,7 @@ pub async fn enqueue(
                 None => {
                     // Standard Webhooks payload: type, timestamp, data (the run, as the REST API
                     // prints it).
-                    let data = crate::rest::proto_json("agentry.v1.Run", e.run).map_err(|err| {
+                    let data = crate::rest::proto_json(e.message, e.run).map_err(|err| {
                         crate::error::Error::internal(format!("run for a webhook: {err}"))
                     })?;
                     let mut p = format!(

@@ -17,6 +17,7 @@ pub use runs::RunApi;
 use crate::{
     agents::Agents,
     auth::Authenticator,
+    flows::Flows,
     models::Models,
     runs::Runs,
     store::{Db, invalidate::Invalidation},
@@ -28,6 +29,7 @@ pub struct AppState {
     pub db: Db,
     pub agents: Agents,
     pub runs: Runs,
+    pub flows: Arc<Flows>,
     pub models: Models,
     pub tools: Tools,
     pub auth: Arc<Authenticator>,
@@ -35,9 +37,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: Db, models: Models) -> Arc<AppState> {
+        let runs = Runs::new(db.clone());
         Arc::new(AppState {
             agents: Agents::new(db.clone(), models.provider_names()),
-            runs: Runs::new(db.clone()),
+            flows: Arc::new(Flows::new(db.clone(), runs.deliveries_queued())),
+            runs,
             models,
             tools: crate::tools::builtin_tools(db.clone()),
             auth: Arc::new(Authenticator::new(db.clone())),

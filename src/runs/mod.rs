@@ -477,7 +477,7 @@ fn check_images(images: &[crate::pb::Image]) -> Result<()> {
 }
 
 /// A run id is a UUID; anything else names no run.
-fn check_run_id(run_id: &str) -> Result<()> {
+pub(crate) fn check_run_id(run_id: &str) -> Result<()> {
     match uuid::Uuid::parse_str(run_id) {
         Ok(_) => Ok(()),
         Err(_) if run_id.is_empty() => Err(Error::invalid("run_id", "is required")),
@@ -502,7 +502,10 @@ fn check_lengths(req: &StartRunRequest) -> Result<()> {
 }
 
 /// Validates the run input against the agent's input schema, naming the failing path.
-fn check_input(schema: &pbjson_types::Struct, input: Option<&pbjson_types::Struct>) -> Result<()> {
+pub(crate) fn check_input(
+    schema: &pbjson_types::Struct,
+    input: Option<&pbjson_types::Struct>,
+) -> Result<()> {
     let schema = serde_json::to_value(schema).map_err(Error::internal)?;
     let input = struct_json(input);
     let input = if input.is_null() {

@@ -307,6 +307,7 @@ fn lifecycle<'a>(ops: &'a [Op], seqs: &[Option<i64>]) -> Vec<Lifecycle<'a>> {
                 run_id,
                 seq,
                 run,
+                message: "agentry.v1.Run",
             });
         }
     }

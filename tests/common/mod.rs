@@ -169,6 +169,7 @@ impl TestServer {
             run_concurrency: 256,
             // Tests receive webhooks on 127.0.0.1.
             webhooks_allow_private: true,
+            flows_allow_private: true,
         };
         let server = Server::bind(&settings).await.expect("server starts");
         let (grpc_addr, http_addr) = (server.grpc_addr(), server.http_addr());

@@ -4,6 +4,12 @@
 pub mod agent;
 pub mod agent_version;
 pub mod api_key;
+pub mod flow;
+pub mod flow_event;
+pub mod flow_run;
+pub mod flow_run_event;
+pub mod flow_trigger;
+pub mod flow_version;
 pub mod hire;
 pub mod memory;
 pub mod run;

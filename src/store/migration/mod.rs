@@ -9,6 +9,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_init;
 mod m0002_run_engine;
 mod m0003_run_last_seq;
+mod m0004_flows;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_init::Migration),
             Box::new(m0002_run_engine::Migration),
             Box::new(m0003_run_last_seq::Migration),
+            Box::new(m0004_flows::Migration),
         ]
     }
 }
