@@ -576,7 +576,6 @@ async fn approvals_pause_resume_and_cancel(backend: Backend) {
         .create_api_key(CreateApiKeyRequest {
             name: "boss".into(),
             scopes: vec!["flows:trigger".into(), "flows:read".into()],
-            ..Default::default()
         })
         .await
         .unwrap()
