@@ -1083,7 +1083,107 @@ async fn a_wait_outlives_its_server(backend: Backend) {
     srv.finish().await;
 }
 
+/// A minimal MCP server (streamable HTTP, JSON responses): `add` returns the sum as structured content,
+/// `boom` returns an error result. Records the authorization header of every call.
+async fn mcp_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let auth: Arc<Mutex<Vec<String>>> = Arc::default();
+    async fn rpc(
+        State(auth): State<Arc<Mutex<Vec<String>>>>,
+        headers: axum::http::HeaderMap,
+        Json(req): Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let Some(id) = req.get("id").cloned() else {
+            return StatusCode::ACCEPTED.into_response(); // a notification
+        };
+        let result = match req["method"].as_str().unwrap_or_default() {
+            "initialize" => json!({
+                "protocolVersion": req["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "fake", "version": "1"}
+            }),
+            "tools/call" => {
+                let h = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                auth.lock().unwrap().push(h.unwrap_or_default());
+                let a = &req["params"]["arguments"];
+                match req["params"]["name"].as_str() {
+                    Some("add") => json!({
+                        "content": [{"type": "text", "text": "done"}],
+                        "structuredContent": {"sum": a["a"].as_f64().unwrap() + a["b"].as_f64().unwrap()}
+                    }),
+                    _ => {
+                        json!({"content": [{"type": "text", "text": "it broke"}], "isError": true})
+                    }
+                }
+            }
+            _ => return (
+                StatusCode::OK,
+                Json(
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}}),
+                ),
+            )
+                .into_response(),
+        };
+        (
+            [("mcp-session-id", "s1")],
+            Json(json!({"jsonrpc": "2.0", "id": id, "result": result})),
+        )
+            .into_response()
+    }
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(rpc)
+                .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                .delete(|| async { StatusCode::OK }),
+        )
+        .with_state(auth.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/mcp"), auth)
+}
+
+async fn mcp_tool_nodes(backend: Backend) {
+    let (url, auth) = mcp_server().await;
+    let srv = TestServer::start(&backend).await;
+    let mut flows = srv.flows(&srv.admin_key).await;
+    create(&mut flows, flow(json!({"id": "mcp", "name": "mcp", "graph": {"nodes": [
+        {"id": "sum", "tool": {"mcp": {"server": url, "tool": "add",
+            "arguments": {"a": "{{ input.a }}", "b": 2}, "headers": {"authorization": "Bearer s3cret"}}}}]}}))).await;
+    let run = trigger(&mut flows, "mcp", json!({"a": 40})).await;
+    let done = until(&mut flows, &run.id, |r| r.end_time.is_some()).await;
+    assert_eq!(done.status, FlowRunStatus::Completed as i32, "{done:#?}");
+    assert_eq!(
+        serde_json::to_value(&step(&done, "sum").output).unwrap(),
+        json!({"sum": 42.0})
+    );
+    assert_eq!(auth.lock().unwrap().as_slice(), ["Bearer s3cret"]);
+    let input = serde_json::to_value(&step(&done, "sum").input).unwrap();
+    assert!(
+        !input.to_string().contains("s3cret"),
+        "headers stay out of the step: {input}"
+    );
+
+    create(
+        &mut flows,
+        flow(json!({"id": "boom", "name": "boom", "graph": {"nodes": [
+        {"id": "b", "tool": {"mcp": {"server": url, "tool": "boom"}}}]}})),
+    )
+    .await;
+    let run = trigger(&mut flows, "boom", json!({})).await;
+    let failed = until(&mut flows, &run.id, |r| r.end_time.is_some()).await;
+    assert_eq!(failed.status, FlowRunStatus::Failed as i32);
+    let e = step(&failed, "b").error.clone().unwrap();
+    assert_eq!(e.code, "tool_error");
+    assert!(e.message.contains("it broke"), "{e:?}");
+    srv.finish().await;
+}
+
 on_both_backends!(
+    mcp_tool_nodes,
     flows_and_versions,
     agent_branch_and_http_run_to_completion,
     retries_waits_and_failures,

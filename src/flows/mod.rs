@@ -12,6 +12,7 @@ pub mod executor;
 mod expr;
 pub mod graph;
 mod hub;
+mod mcp;
 mod nodes;
 pub mod plan;
 mod runs;

@@ -1,11 +1,11 @@
 //! Executes the nodes whose work happens outside the state machine: agent nodes (a child run, awaited
-//! to its end) and tool nodes (an HTTP request). The input is the step's resolved input, as recorded
+//! to its end) and tool nodes (an HTTP request, or a call to an MCP server's tool). The input is the step's resolved input, as recorded
 //! when the step started, so what a reader sees in the step is exactly what was sent.
 //!
 //! An agent node's child run is started with the idempotency key `flow:<run>:<node>:<attempt>`: a
 //! worker that takes the flow run over after a crash finds the same child run instead of starting a
 //! second one. An HTTP request is at least once: one that was in flight when its worker died is sent
-//! again by the next worker.
+//! again by the next worker, and so is an MCP tool call.
 
 use std::time::Duration;
 
@@ -55,7 +55,18 @@ pub async fn execute(
                     None => work.await,
                 }
             }
-            _ => Err(error("unsupported", "this tool action is not supported")),
+            Some(Action::Mcp(m)) => {
+                super::mcp::call(
+                    input["server"].as_str().unwrap_or_default(),
+                    input["tool"].as_str().unwrap_or_default(),
+                    input["arguments"].clone(),
+                    &m.headers,
+                    site.allow_private,
+                    timeout,
+                )
+                .await
+            }
+            None => Err(error("internal", "the tool node has no action")),
         },
         _ => Err(error("internal", "not an agent or tool node")),
     }
