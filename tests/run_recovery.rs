@@ -8,9 +8,10 @@
 //! executed again.
 
 mod common;
+mod proc_support;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -23,67 +24,10 @@ use agentry::pb::{
 };
 use common::{Auth, Backend, TestDb};
 use futures_util::StreamExt;
+use proc_support::{connect, spawn};
 use sea_orm::sqlx::{Connection, PgConnection};
 use serde_json::json;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-/// A failed assertion must not leave a server running.
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(db_url: &str, key: &str) -> Proc {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--database-url", db_url])
-        .env("AGENTRY_BOOTSTRAP_KEY", key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn agentry");
-    Proc { child, port }
-}
-
-async fn connect(p: &Proc) -> Channel {
-    let start = Instant::now();
-    loop {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{}", p.port))
-            .unwrap()
-            .connect()
-            .await
-        {
-            return c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 type Runs = RunServiceClient<InterceptedService<Channel, Auth>>;
 
