@@ -37,8 +37,7 @@ impl Flows {
     ) -> Result<FlowRun> {
         check_id("flow_run_id", id)?;
         let row = self.run_row(ws, id).await?;
-        let flow = self.version(ws, &row.flow_id, row.flow_version).await?;
-        let graph = flow.graph.unwrap_or_default();
+        let graph = self.graph(ws, &row.flow_id, row.flow_version).await?;
         let shape = Shape::new(&graph);
         let plan = Plan {
             graph: &graph,

@@ -46,6 +46,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(4);
 /// A run whose next timer is this close stays with its worker instead of being let go.
 const HOLD: Duration = Duration::from_secs(5);
 const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How often due schedules are looked for (cron's resolution is a minute).
+const SCHEDULES_EVERY: Duration = Duration::from_secs(1);
 /// Flow runs driven at once per process.
 const CONCURRENCY: usize = 256;
 
@@ -77,6 +79,7 @@ impl FlowEngine {
     pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tasks = JoinSet::new();
+            let mut last_schedules = tokio::time::Instant::now() - SCHEDULES_EVERY;
             loop {
                 if *stop.borrow() {
                     break;
@@ -103,8 +106,11 @@ impl FlowEngine {
                         Err(e) => tracing::warn!(error = %e, "claiming flow runs failed"),
                     }
                 }
-                if let Err(e) = self.state.flows.fire_schedules().await {
-                    tracing::warn!(error = %e, "firing schedules failed");
+                if last_schedules.elapsed() >= SCHEDULES_EVERY {
+                    last_schedules = tokio::time::Instant::now();
+                    if let Err(e) = self.state.flows.fire_schedules().await {
+                        tracing::warn!(error = %e, "firing schedules failed");
+                    }
                 }
                 let wake = self.flows().wake.clone();
                 tokio::select! {
@@ -189,8 +195,8 @@ impl FlowEngine {
             return;
         };
         let ws = row.workspace_id.clone();
-        let graph = match flows.version(&ws, &row.flow_id, row.flow_version).await {
-            Ok(f) => f.graph.unwrap_or_default(),
+        let graph = match flows.graph(&ws, &row.flow_id, row.flow_version).await {
+            Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "flow version of a run is missing");
                 let _ = flows
@@ -202,9 +208,10 @@ impl FlowEngine {
                 return;
             }
         };
-        let shape = Shape::new(&graph);
+        let graph = &*graph;
+        let shape = Shape::new(graph);
         let plan = Plan {
-            graph: &graph,
+            graph,
             shape: &shape,
         };
         let mut rx = flows.hub.subscribe();
@@ -212,13 +219,14 @@ impl FlowEngine {
         let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
         let mut results: Vec<StepResult> = Vec::new();
         let mut first = true;
+        let mut known: super::runs::Stamp;
         let mut renew = tokio::time::interval(RENEW_EVERY);
         renew.reset();
         loop {
             let pending = results.clone();
             let claimed = first;
             let res = flows
-                .mutate(id, Guard::Owner(&me), Lease::Keep, |st: &mut State| {
+                .mutate_stamped(id, Guard::Owner(&me), Lease::Keep, |st: &mut State| {
                     let now = now_micros();
                     if claimed {
                         st.claimed(now);
@@ -236,7 +244,7 @@ impl FlowEngine {
                     ))
                 })
                 .await;
-            let ((execute, next_timer, children), run) = match res {
+            let ((execute, next_timer, children), run, stamp) = match res {
                 Ok(v) => v,
                 Err(Error::Aborted(_) | Error::NotFound(_)) => {
                     inflight.abort_all();
@@ -249,6 +257,7 @@ impl FlowEngine {
                 }
             };
             first = false;
+            known = stamp;
             results.clear();
             cancel_children(&self.state.runs, &ws, &children, "the flow run ended").await;
             if plan::is_terminal(run.status) {
@@ -272,7 +281,7 @@ impl FlowEngine {
                     if running.contains_key(&step.node_id) {
                         continue;
                     }
-                    let Some(node) = super::graph::node(&graph, &shape, &step.node_id).cloned()
+                    let Some(node) = super::graph::node(graph, &shape, &step.node_id).cloned()
                     else {
                         continue;
                     };
@@ -309,33 +318,43 @@ impl FlowEngine {
                     return;
                 }
             }
-            let sleep = next_timer
-                .map(|t| Duration::from_micros((t - now_micros()).max(0) as u64))
-                .unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    if let Ok(r) = done {
-                        running.remove(&r.0);
-                        results.push(r);
+            let wake_at = tokio::time::Instant::now()
+                + next_timer
+                    .map(|t| Duration::from_micros((t - now_micros()).max(0) as u64))
+                    .unwrap_or(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                        if let Ok(r) = done {
+                            running.remove(&r.0);
+                            results.push(r);
+                        }
+                        // Take every other result that is ready too: one commit for all.
+                        while let Some(Ok(r)) = inflight.try_join_next() {
+                            running.remove(&r.0);
+                            results.push(r);
+                        }
+                        break;
                     }
-                    // Take every other result that is ready too: one commit for all.
-                    while let Some(Ok(r)) = inflight.try_join_next() {
-                        running.remove(&r.0);
-                        results.push(r);
+                    _ = tokio::time::sleep_until(wake_at) => break,
+                    _ = hub::changed(&mut rx, id) => {
+                        // The echo of this worker's own change needs nothing; anyone else's does.
+                        match flows.stamp(id).await {
+                            Ok(Some(s)) if s == known => {}
+                            _ => break,
+                        }
                     }
-                }
-                _ = tokio::time::sleep(sleep) => {}
-                _ = hub::changed(&mut rx, id) => {}
-                _ = renew.tick() => {
-                    if !self.renew(id).await {
+                    _ = renew.tick() => {
+                        if !self.renew(id).await {
+                            inflight.abort_all();
+                            return;
+                        }
+                    }
+                    _ = self.stopping.cancelled() => {
                         inflight.abort_all();
+                        let _ = flows.mutate(id, Guard::Owner(&me), Lease::Release, |_| Ok(())).await;
                         return;
                     }
-                }
-                _ = self.stopping.cancelled() => {
-                    inflight.abort_all();
-                    let _ = flows.mutate(id, Guard::Owner(&me), Lease::Release, |_| Ok(())).await;
-                    return;
                 }
             }
         }

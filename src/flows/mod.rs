@@ -19,7 +19,7 @@ mod runs;
 pub mod templates;
 mod triggers;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use prost::Message;
 use rand::{Rng, distr::Alphanumeric};
@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use crate::{
     agents::{Page, after, page, validate},
     error::{Error, Result},
-    pb::{Flow, UpdateFlowRequest},
+    pb::{Flow, FlowGraph, UpdateFlowRequest},
     store::{
         Db, cursor,
         entities::{flow, flow_trigger, flow_version},
@@ -58,7 +58,12 @@ pub struct Flows {
     templates: templates::Gallery,
     /// Ends open watch streams at shutdown.
     closing: tokio_util::sync::CancellationToken,
+    /// Graphs of flow versions (immutable) the executor ran recently.
+    graphs: std::sync::Mutex<HashMap<(String, String, i64), Arc<FlowGraph>>>,
 }
+
+/// Versions kept in the graph cache; beyond it the cache starts over.
+const GRAPH_CACHE: usize = 1024;
 
 impl Flows {
     pub fn new(db: Db, deliveries: Arc<Notify>) -> Flows {
@@ -70,6 +75,7 @@ impl Flows {
             deliveries,
             templates: templates::Gallery::builtin(),
             closing: Default::default(),
+            graphs: Default::default(),
         }
     }
 
@@ -173,6 +179,26 @@ impl Flows {
             .await?
             .ok_or_else(|| Error::not_found(format!("flow {id:?} has no version {version}")))?;
         decode(&row.spec)
+    }
+
+    /// The graph of a flow version, from the cache when it is there (versions never change).
+    pub(crate) async fn graph(&self, ws: &str, id: &str, version: i64) -> Result<Arc<FlowGraph>> {
+        let key = (ws.to_owned(), id.to_owned(), version);
+        if let Some(g) = self.graphs.lock().expect("graph cache").get(&key) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(
+            self.version(ws, id, version)
+                .await?
+                .graph
+                .unwrap_or_default(),
+        );
+        let mut cache = self.graphs.lock().expect("graph cache");
+        if cache.len() >= GRAPH_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, g.clone());
+        Ok(g)
     }
 
     pub async fn list(&self, ws: &str, limit: i32, cur: &str) -> Result<Page<Flow>> {

@@ -43,6 +43,9 @@ pub const CHANNEL: &str = "agentry_flow_runs";
 const POLL_EVERY: Duration = Duration::from_millis(1000);
 const READ_BATCH: u64 = 500;
 
+/// A version of a flow run row: see [`Flows::stamp`].
+pub type Stamp = (i64, i64);
+
 /// Who may change a run.
 pub enum Guard<'a> {
     /// An API call of workspace `ws`.
@@ -224,6 +227,18 @@ impl Flows {
         lease: Lease,
         f: impl FnOnce(&mut State) -> Result<T>,
     ) -> Result<(T, FlowRun)> {
+        let (out, run, _) = self.mutate_stamped(id, guard, lease, f).await?;
+        Ok((out, run))
+    }
+
+    /// [`Self::mutate`], also returning the row's stamp after it: see [`Self::stamp`].
+    pub(crate) async fn mutate_stamped<T>(
+        &self,
+        id: &str,
+        guard: Guard<'_>,
+        lease: Lease,
+        f: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<(T, FlowRun, Stamp)> {
         let backend = self.db.backend();
         let txn = self.db.writer().begin().await?;
         let mut q = flow_run::Entity::find_by_id(id.to_owned());
@@ -275,10 +290,12 @@ impl Flows {
             && due_at == row.due_at
         {
             txn.rollback().await?;
-            return Ok((out, st.run));
+            return Ok((out, st.run, (row.last_seq, row.update_time)));
         }
         let spec = st.run.encode_to_vec();
         let n = st.events.len() as i64;
+        // Strictly increasing, so that a stamp names one version of the row.
+        let now = now.max(row.update_time + 1);
         flow_run::Entity::update_many()
             .col_expr(flow_run::Column::Status, st.run.status.into())
             .col_expr(flow_run::Column::Spec, spec.clone().into())
@@ -350,7 +367,17 @@ impl Flows {
         if queued > 0 {
             self.deliveries.notify_one();
         }
-        Ok((out, st.run))
+        Ok((out, st.run, (row.last_seq + n, now)))
+    }
+
+    /// What version of run `id` the database holds: (last_seq, update_time), which every change of the
+    /// row moves forward. A worker compares it with the stamp of its own last change to tell a change
+    /// of someone else's from the echo of its own.
+    pub(crate) async fn stamp(&self, id: &str) -> Result<Option<Stamp>> {
+        Ok(flow_run::Entity::find_by_id(id.to_owned())
+            .one(self.db.reader())
+            .await?
+            .map(|r| (r.last_seq, r.update_time)))
     }
 
     /// Replays the events after `after_seq`, then follows the run until it ends.

@@ -17,8 +17,10 @@ const LIST_LIMIT: i32 = 20;
 /// One call of the benchmarked RPC over gRPC; returns how many agents it read.
 pub async fn call(client: &mut Client, rpc: Rpc) -> Result<usize, Status> {
     Ok(match rpc {
-        Rpc::Run | Rpc::Run50ms | Rpc::HttpRun => {
-            return Err(Status::invalid_argument("runs use their own client"));
+        Rpc::Run | Rpc::Run50ms | Rpc::HttpRun | Rpc::Flow => {
+            return Err(Status::invalid_argument(
+                "runs and flows use their own client",
+            ));
         }
         Rpc::GetAgent | Rpc::HttpGetAgent => {
             let req = GetAgentRequest {

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use agentry::pb::{agent_service_client::AgentServiceClient, run_service_client::RunServiceClient};
+use agentry::pb::{
+    agent_service_client::AgentServiceClient, flow_service_client::FlowServiceClient,
+    run_service_client::RunServiceClient,
+};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -14,6 +17,7 @@ use crate::Res;
 
 pub type Client = AgentServiceClient<InterceptedService<Channel, Auth>>;
 pub type RunClient = RunServiceClient<InterceptedService<Channel, Auth>>;
+pub type FlowClient = FlowServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Adds `authorization: Bearer <key>` to every request.
 #[derive(Clone)]

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::{
     Res, Rpc,
     agents::{self, HttpGetAgent},
-    grpc::{Client, RunClient, status_text},
+    flows,
+    grpc::{Client, FlowClient, RunClient, status_text},
     runs::{self, HttpRun},
 };
 
@@ -24,6 +25,7 @@ pub enum Conn {
     Http(HttpGetAgent),
     Run(RunClient, &'static str),
     HttpRun(HttpRun),
+    Flow(FlowClient),
 }
 
 impl Conn {
@@ -44,6 +46,7 @@ impl Conn {
             }),
             Conn::Run(c, agent) => runs::grpc_run(c, agent).await,
             Conn::HttpRun(h) => h.run().await,
+            Conn::Flow(c) => flows::run(c).await,
         }
     }
 }

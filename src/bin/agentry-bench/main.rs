@@ -24,6 +24,7 @@
 
 mod agents;
 mod child;
+mod flows;
 mod grpc;
 mod http;
 mod load;
@@ -32,7 +33,10 @@ mod sse;
 
 use std::time::{Duration, Instant};
 
-use agentry::pb::{agent_service_client::AgentServiceClient, run_service_client::RunServiceClient};
+use agentry::pb::{
+    agent_service_client::AgentServiceClient, flow_service_client::FlowServiceClient,
+    run_service_client::RunServiceClient,
+};
 use clap::{Parser, ValueEnum};
 
 use crate::{
@@ -60,11 +64,14 @@ enum Rpc {
     /// `run` over the REST shim: `POST /v1/runs`, then WatchRun's Server-Sent Events until
     /// `run_completed`, HTTP/1.1 keep-alive.
     HttpRun,
+    /// A whole flow run: TriggerFlow, then WatchFlowRun until `flow_run_completed`, on a flow of an
+    /// agent node (`scripted/echo`), a CEL branch and a 0 s wait.
+    Flow,
 }
 
 impl Rpc {
     fn is_run(self) -> bool {
-        matches!(self, Rpc::Run | Rpc::Run50ms | Rpc::HttpRun)
+        matches!(self, Rpc::Run | Rpc::Run50ms | Rpc::HttpRun | Rpc::Flow)
     }
 
     fn is_http(self) -> bool {
@@ -79,6 +86,7 @@ impl Rpc {
             Rpc::Run => "run",
             Rpc::Run50ms => "run-50ms",
             Rpc::HttpRun => "http-run",
+            Rpc::Flow => "flow",
         }
     }
 }
@@ -222,6 +230,10 @@ async fn run(args: Args) -> Res<()> {
     }
     if args.rpc.is_run() {
         runs::setup(&mut clients[0], &hint).await?;
+        if matches!(args.rpc, Rpc::Flow) {
+            let mut fc = FlowServiceClient::with_interceptor(connect(&addr).await?, auth.clone());
+            flows::setup(&mut fc, &hint).await?;
+        }
     } else {
         agents::setup(&mut clients[0], args.rpc, &hint).await?;
     }
@@ -242,6 +254,18 @@ async fn run(args: Args) -> Res<()> {
             (probe.run().await).map_err(|e| format!("http://{http_addr}: {e}"))?;
             (0..concurrency)
                 .map(|_| Conn::HttpRun(HttpRun::new(&http_addr, &key, RUN_AGENT)))
+                .collect()
+        }
+        Rpc::Flow => {
+            let mut flow_clients = Vec::with_capacity(args.connections as usize);
+            for _ in 0..args.connections {
+                flow_clients.push(FlowServiceClient::with_interceptor(
+                    connect(&addr).await?,
+                    auth.clone(),
+                ));
+            }
+            (0..concurrency)
+                .map(|i| Conn::Flow(flow_clients[i % flow_clients.len()].clone()))
                 .collect()
         }
         Rpc::Run | Rpc::Run50ms => {
