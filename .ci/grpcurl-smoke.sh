@@ -34,6 +34,17 @@ done
 out=$("$GRPCURL" -plaintext -H "x-api-key: $KEY" -d '{"agent": {"id": "Bad Id"}}' \
   127.0.0.1:50599 agentry.v1.AgentService/CreateAgent 2>&1 || true)
 grep -q "InvalidArgument" <<<"$out" && grep -q '"field": *"agent.id"' <<<"$out" || fail "validation details: $out"
+"$GRPCURL" -plaintext -H "x-api-key: $KEY" -d '{"flow": {"id": "triage", "name": "Triage", "graph": {"nodes": [
+    {"id": "ask", "agent": {"agent_id": "support", "message": "score {{ input.score }}"}},
+    {"id": "route", "branch": {"cases": [{"condition": "input.score >= 50", "target_node_id": "done"}]}},
+    {"id": "done", "wait": {"duration": "0s"}}],
+  "edges": [{"from_node_id": "ask", "to_node_id": "route"}, {"from_node_id": "route", "to_node_id": "done"}]}}}' \
+  127.0.0.1:50599 agentry.v1.FlowService/CreateFlow | grep -q '"id": "triage"' || fail "CreateFlow"
+fr=$("$GRPCURL" -plaintext -H "x-api-key: $KEY" -d '{"flow_id": "triage", "input": {"score": 72}}' \
+  127.0.0.1:50599 agentry.v1.FlowService/TriggerFlow | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') \
+  || fail "TriggerFlow"
+"$GRPCURL" -plaintext -H "x-api-key: $KEY" -d "{\"flow_run_id\": \"$fr\"}" \
+  127.0.0.1:50599 agentry.v1.FlowService/WatchFlowRun | grep -q '"flowRunCompleted"' || fail "WatchFlowRun to completion"
 out=$("$GRPCURL" -plaintext 127.0.0.1:50599 agentry.v1.AgentService/ListAgents 2>&1 || true)
 grep -q "Unauthenticated" <<<"$out" || fail "no key must be UNAUTHENTICATED: $out"
 kill -TERM $pid

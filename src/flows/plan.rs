@@ -79,7 +79,7 @@ pub fn error(code: &str, message: impl Into<String>) -> ErrorInfo {
 }
 
 pub fn pb_value(v: Value) -> Option<PbValue> {
-    serde_json::from_value(v).ok()
+    Some(crate::runs::pb_from_json(&v))
 }
 
 pub fn json_value(v: Option<&PbValue>) -> Value {
@@ -741,4 +741,26 @@ pub fn backoff_micros(r: &crate::pb::RetryPolicy, attempt: i32) -> i64 {
 /// Input of a node as a Struct, for tests and callers that show it.
 pub fn input_struct(s: &FlowStep) -> Value {
     struct_json(s.input.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nulls_are_explicit_null_values() {
+        let v = pb_value(json!({"target": null, "list": [null, 1]})).unwrap();
+        let s = match v.kind {
+            Some(pbjson_types::value::Kind::StructValue(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            s.fields["target"].kind,
+            Some(pbjson_types::value::Kind::NullValue(0))
+        );
+        assert_eq!(
+            json_value(Some(&pb_value(Value::Null).unwrap())),
+            Value::Null
+        );
+    }
 }

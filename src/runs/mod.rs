@@ -536,11 +536,38 @@ pub fn struct_json(s: Option<&pbjson_types::Struct>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// A JSON object as a `Struct` (None for anything else).
 pub(crate) fn json_struct(v: &serde_json::Value) -> Option<pbjson_types::Struct> {
     match v {
-        serde_json::Value::Object(_) => serde_json::from_value(v.clone()).ok(),
+        serde_json::Value::Object(o) => Some(object_struct(o)),
         _ => None,
     }
+}
+
+fn object_struct(o: &serde_json::Map<String, serde_json::Value>) -> pbjson_types::Struct {
+    pbjson_types::Struct {
+        fields: o
+            .iter()
+            .map(|(k, v)| (k.clone(), pb_from_json(v)))
+            .collect(),
+    }
+}
+
+/// JSON as a `google.protobuf.Value`. A JSON null is an explicit `null_value`, never a Value with no
+/// kind set, which proto3 JSON printers (grpcurl, protobuf's json_format) refuse to print.
+pub(crate) fn pb_from_json(v: &serde_json::Value) -> pbjson_types::Value {
+    use pbjson_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(pbjson_types::ListValue {
+            values: a.iter().map(pb_from_json).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(object_struct(o)),
+    };
+    pbjson_types::Value { kind: Some(kind) }
 }
 
 pub(crate) fn decode_run(spec: &[u8]) -> Result<Run> {
