@@ -613,6 +613,20 @@ async fn approvals_pause_resume_and_cancel(backend: Backend) {
         boss_flows.resume_flow_run(decide(true)).await,
         Code::FailedPrecondition,
     );
+    // The run was let go while it waited and picked up again after the decision: one start, no more.
+    let mut events = flows
+        .watch_flow_run(WatchFlowRunRequest {
+            flow_run_id: run.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut starts = 0;
+    while let Some(e) = events.next().await {
+        starts += usize::from(matches!(e.unwrap().event, Some(Event::FlowRunStarted(_))));
+    }
+    assert_eq!(starts, 1);
 
     let run2 = trigger(&mut flows, "gate", json!({"what": "v3"})).await;
     until(&mut flows, &run2.id, status(FlowRunStatus::Waiting)).await;

@@ -88,7 +88,7 @@ impl FlowEngine {
                 if free > 0 {
                     match self.claim(free.min(64)).await {
                         Ok(ids) => {
-                            for id in ids {
+                            for (id, takeover) in ids {
                                 let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                                     break;
                                 };
@@ -96,7 +96,7 @@ impl FlowEngine {
                                 let span = tracing::info_span!("flow_run", flow_run_id = %id);
                                 tasks.spawn(
                                     async move {
-                                        me.drive(&id).await;
+                                        me.drive(&id, takeover).await;
                                         drop(permit);
                                     }
                                     .instrument(span),
@@ -129,8 +129,23 @@ impl FlowEngine {
         })
     }
 
-    /// Takes up to `n` runs that need a worker.
-    async fn claim(&self, n: usize) -> Result<Vec<String>> {
+    /// Takes up to `n` runs that need a worker: first those nobody holds (new, due, resumed), then
+    /// those whose worker's lease expired (takeovers, flagged true).
+    async fn claim(&self, n: usize) -> Result<Vec<(String, bool)>> {
+        let mut out: Vec<(String, bool)> = self
+            .claim_where(n, "owner IS NULL")
+            .await?
+            .into_iter()
+            .map(|id| (id, false))
+            .collect();
+        if out.len() < n {
+            let taken = self.claim_where(n - out.len(), "owner IS NOT NULL").await?;
+            out.extend(taken.into_iter().map(|id| (id, true)));
+        }
+        Ok(out)
+    }
+
+    async fn claim_where(&self, n: usize, which: &str) -> Result<Vec<String>> {
         let db = &self.flows().db;
         let backend = db.backend();
         let now = now_micros();
@@ -141,8 +156,8 @@ impl FlowEngine {
         };
         let sql = format!(
             "UPDATE flow_runs SET owner = ?, due_at = ? WHERE id IN \
-             (SELECT id FROM flow_runs WHERE due_at <= ? ORDER BY due_at LIMIT ?{lock}) \
-             AND due_at <= ? RETURNING id"
+             (SELECT id FROM flow_runs WHERE due_at <= ? AND {which} ORDER BY due_at LIMIT ?{lock}) \
+             AND due_at <= ? AND {which} RETURNING id"
         );
         let rows = db
             .writer()
@@ -185,7 +200,7 @@ impl FlowEngine {
         !matches!(res, Ok(r) if r.rows_affected() == 0)
     }
 
-    async fn drive(self: &Arc<Self>, id: &str) {
+    async fn drive(self: &Arc<Self>, id: &str, takeover: bool) {
         let flows = self.flows();
         let me = flows.me.to_string();
         let Ok(Some(row)) = flow_run::Entity::find_by_id(id.to_owned())
@@ -229,7 +244,7 @@ impl FlowEngine {
                 .mutate_stamped(id, Guard::Owner(&me), Lease::Keep, |st: &mut State| {
                     let now = now_micros();
                     if claimed {
-                        st.claimed(now);
+                        st.claimed(now, takeover);
                     }
                     for (node, attempt, r) in pending {
                         st.finish(&plan, &node, attempt, r, now);

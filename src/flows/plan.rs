@@ -128,16 +128,20 @@ impl State {
         }
     }
 
-    /// A worker took the run: it starts (or restarts after a takeover).
-    pub fn claimed(&mut self, now: i64) {
+    /// A worker took the run: it starts, or is taken over from a worker that stopped renewing its
+    /// lease (both say flow_run_started). A run picked up again after a wait or a resume says nothing.
+    pub fn claimed(&mut self, now: i64, takeover: bool) {
         if is_terminal(self.run.status) || self.status() == FlowRunStatus::Paused {
             return;
         }
-        if self.status() == FlowRunStatus::Queued {
+        let starts = self.status() == FlowRunStatus::Queued;
+        if starts {
             self.run.status = FlowRunStatus::Running as i32;
             self.run.start_time = Some(to_timestamp(now));
         }
-        self.events.push(Event::FlowRunStarted(FlowRunStarted {}));
+        if starts || takeover {
+            self.events.push(Event::FlowRunStarted(FlowRunStarted {}));
+        }
     }
 
     pub fn pause(&mut self, reason: &str) -> Result<()> {
