@@ -28,6 +28,7 @@ use tonic_types::StatusExt;
 
 type Flows = FlowServiceClient<InterceptedService<Channel, Auth>>;
 type Log = Arc<Mutex<Vec<(String, Value)>>>;
+type Keys = Arc<Mutex<Vec<String>>>;
 
 fn flow(v: Value) -> Flow {
     serde_json::from_value(v).expect("flow JSON")
@@ -46,8 +47,9 @@ fn bad_field<T: std::fmt::Debug>(res: Result<Response<T>, Status>, field: &str) 
 
 /// A local HTTP endpoint: `/ok` answers 200 with `{"ok": true}`; `/flaky` fails with 503 twice, then
 /// answers 200; `/down` always answers 500. Every request is logged.
-async fn endpoint() -> (String, Log) {
+async fn endpoint() -> (String, Log, Keys) {
     let log: Log = Arc::default();
+    let keys: Keys = Arc::default();
     async fn record(log: &Log, path: &str, body: Value) -> usize {
         let mut l = log.lock().unwrap();
         l.push((path.to_owned(), body));
@@ -56,33 +58,45 @@ async fn endpoint() -> (String, Log) {
     let app = Router::new()
         .route(
             "/ok",
-            post(|State(log): State<Log>, Json(b): Json<Value>| async move {
-                record(&log, "ok", b).await;
-                Json(json!({"ok": true}))
-            }),
+            post(
+                |State((log, _)): State<(Log, Keys)>, Json(b): Json<Value>| async move {
+                    record(&log, "ok", b).await;
+                    Json(json!({"ok": true}))
+                },
+            ),
         )
         .route(
             "/flaky",
-            post(|State(log): State<Log>, Json(b): Json<Value>| async move {
-                if record(&log, "flaky", b).await <= 2 {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                }
-            }),
+            post(
+                |State((log, keys)): State<(Log, Keys)>,
+                 headers: axum::http::HeaderMap,
+                 Json(b): Json<Value>| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    keys.lock().unwrap().push(key.unwrap_or_default());
+                    if record(&log, "flaky", b).await <= 2 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                },
+            ),
         )
         .route(
             "/down",
-            post(|State(log): State<Log>, Json(b): Json<Value>| async move {
-                record(&log, "down", b).await;
-                StatusCode::INTERNAL_SERVER_ERROR
-            }),
+            post(
+                |State((log, _)): State<(Log, Keys)>, Json(b): Json<Value>| async move {
+                    record(&log, "down", b).await;
+                    StatusCode::INTERNAL_SERVER_ERROR
+                },
+            ),
         )
-        .with_state(log.clone());
+        .with_state((log.clone(), keys.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), log)
+    (format!("http://{addr}"), log, keys)
 }
 
 async fn create(flows: &mut Flows, f: Flow) -> Flow {
@@ -304,7 +318,7 @@ async fn flows_and_versions(backend: Backend) {
 }
 
 async fn agent_branch_and_http_run_to_completion(backend: Backend) {
-    let (base, log) = endpoint().await;
+    let (base, log, _) = endpoint().await;
     let srv = TestServer::start(&backend).await;
     echo_agent(&srv).await;
     let mut admin = srv.admin(&srv.admin_key).await;
@@ -479,7 +493,7 @@ async fn agent_branch_and_http_run_to_completion(backend: Backend) {
 }
 
 async fn retries_waits_and_failures(backend: Backend) {
-    let (base, log) = endpoint().await;
+    let (base, log, keys) = endpoint().await;
     let srv = TestServer::start(&backend).await;
     let mut flows = srv.flows(&srv.admin_key).await;
     create(&mut flows, flow(json!({"id": "flaky", "name": "flaky", "graph": {"nodes": [
@@ -511,6 +525,12 @@ async fn retries_waits_and_failures(backend: Backend) {
             .filter(|(p, _)| p == "flaky")
             .count(),
         3
+    );
+    let expected: Vec<String> = (1..=3).map(|a| format!("{}:call:{a}", run.id)).collect();
+    assert_eq!(
+        *keys.lock().unwrap(),
+        expected,
+        "one idempotency key per attempt"
     );
     let mut events = flows
         .watch_flow_run(WatchFlowRunRequest {

@@ -47,7 +47,8 @@ pub async fn execute(
         Some(Kind::Agent(_)) => agent(site, &node.id, step.attempt, input, timeout, started).await,
         Some(Kind::Tool(t)) => match &t.action {
             Some(Action::Http(_)) => {
-                let work = http(site, input, timeout);
+                let key = format!("{}:{}:{}", site.flow_run_id, node.id, step.attempt);
+                let work = http(site, input, &key, timeout);
                 match timeout {
                     Some(t) => tokio::time::timeout(t, work)
                         .await
@@ -158,11 +159,21 @@ async fn agent(
     }
 }
 
+/// Sends the step's request with an `Idempotency-Key` of its attempt (unless the node sets one), so a
+/// request resent by the worker that takes over after a crash can be recognised by its receiver.
 async fn http(
     site: &Site<'_>,
-    input: Value,
+    mut input: Value,
+    idempotency_key: &str,
     timeout: Option<Duration>,
 ) -> Result<Value, ErrorInfo> {
+    if let Some(headers) = input.get_mut("headers").and_then(Value::as_object_mut)
+        && !headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("idempotency-key"))
+    {
+        headers.insert("Idempotency-Key".into(), idempotency_key.into());
+    }
     let tool = site
         .state
         .tools
