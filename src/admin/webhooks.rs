@@ -201,15 +201,12 @@ pub async fn list_deliveries(
         .filter(webhook_delivery::Column::WebhookId.eq(id));
     if !cur.is_empty() {
         let (t, did) = cursor::decode_time_id("deliveries", cur)?;
-        q = q.filter(
-            sea_orm::Condition::any()
-                .add(webhook_delivery::Column::CreateTime.lt(t))
-                .add(
-                    sea_orm::Condition::all()
-                        .add(webhook_delivery::Column::CreateTime.eq(t))
-                        .add(webhook_delivery::Column::Id.lt(did)),
-                ),
-        );
+        q = q.filter(crate::agents::before(
+            webhook_delivery::Column::CreateTime,
+            webhook_delivery::Column::Id,
+            t,
+            did,
+        ));
     }
     let rows = q
         .order_by_desc(webhook_delivery::Column::CreateTime)

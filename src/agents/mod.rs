@@ -10,7 +10,6 @@ pub mod validate;
 use std::sync::Arc;
 
 use prost::Message;
-use rand::{Rng, distr::Alphanumeric};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
@@ -296,16 +295,7 @@ async fn insert_agent(
     let base = agent.id.clone();
     for attempt in 0..8 {
         if attempt > 0 {
-            let suffix: String = rand::rng()
-                .sample_iter(&Alphanumeric)
-                .take(6)
-                .map(char::from)
-                .collect();
-            agent.id = format!(
-                "{}-{}",
-                &base[..base.len().min(240)],
-                suffix.to_ascii_lowercase()
-            );
+            agent.id = validate::with_random_suffix(&base);
         }
         let existing = agent::Entity::find_by_id((ws.to_owned(), agent.id.clone()))
             .one(txn)
@@ -451,6 +441,18 @@ pub(crate) fn after(
     Condition::any()
         .add(time.gt(t))
         .add(Condition::all().add(time.eq(t)).add(idc.gt(id)))
+}
+
+/// Rows strictly before `(t, id)` in `(time, id)` order (lists newest first).
+pub(crate) fn before(
+    time: impl ColumnTrait,
+    idc: impl ColumnTrait,
+    t: i64,
+    id: String,
+) -> Condition {
+    Condition::any()
+        .add(time.lt(t))
+        .add(Condition::all().add(time.eq(t)).add(idc.lt(id)))
 }
 
 /// Turns `limit + 1` fetched rows into a page and the next cursor.

@@ -45,6 +45,17 @@ pub fn check_slug(field: &str, s: &str) -> Result<()> {
     }
 }
 
+/// `base` with a random suffix (`base-x7k2qa`), for a generated id that was taken; still a slug.
+pub fn with_random_suffix(base: &str) -> String {
+    use rand::{Rng, distr::Alphanumeric};
+    let suffix: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(6)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect();
+    format!("{}-{suffix}", &base[..base.len().min(240)])
+}
+
 /// A slug made from a display name ("Code Reviewer!" -> "code-reviewer").
 pub fn slugify(name: &str) -> String {
     let mut slug = String::with_capacity(name.len());

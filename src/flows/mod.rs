@@ -22,7 +22,6 @@ mod triggers;
 use std::{collections::HashMap, sync::Arc};
 
 use prost::Message;
-use rand::{Rng, distr::Alphanumeric};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait, sea_query::Expr,
@@ -95,16 +94,7 @@ impl Flows {
         let base = f.id.clone();
         for attempt in 0..8 {
             if attempt > 0 {
-                let suffix: String = rand::rng()
-                    .sample_iter(&Alphanumeric)
-                    .take(6)
-                    .map(char::from)
-                    .collect();
-                f.id = format!(
-                    "{}-{}",
-                    &base[..base.len().min(240)],
-                    suffix.to_ascii_lowercase()
-                );
+                f.id = validate::with_random_suffix(&base);
             }
             let existing = flow::Entity::find_by_id((ws.to_owned(), f.id.clone()))
                 .one(&txn)

@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 use futures_util::Stream;
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     admin::outbox::{self, Lifecycle},
-    agents::{Page, page},
+    agents::{Page, before, page},
     error::{Error, Result},
     pb::{
         Flow, FlowRun, FlowRunEvent, FlowRunStatus, FlowRunTrigger, FlowTriggerSource,
@@ -194,15 +194,12 @@ impl Flows {
         }
         if !req.cursor.is_empty() {
             let (t, id) = cursor::decode_time_id("flow_runs", &req.cursor)?;
-            q = q.filter(
-                Condition::any()
-                    .add(flow_run::Column::CreateTime.lt(t))
-                    .add(
-                        Condition::all()
-                            .add(flow_run::Column::CreateTime.eq(t))
-                            .add(flow_run::Column::Id.lt(id)),
-                    ),
-            );
+            q = q.filter(before(
+                flow_run::Column::CreateTime,
+                flow_run::Column::Id,
+                t,
+                id,
+            ));
         }
         let rows = q
             .order_by_desc(flow_run::Column::CreateTime)

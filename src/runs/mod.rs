@@ -19,7 +19,7 @@ mod writer;
 use std::sync::Arc;
 
 use prost::Message as _;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::Notify;
 
 use crate::{
@@ -315,13 +315,12 @@ impl Runs {
         }
         if !req.cursor.is_empty() {
             let (t, id) = cursor::decode_time_id("runs", &req.cursor)?;
-            q = q.filter(
-                Condition::any().add(run::Column::CreateTime.lt(t)).add(
-                    Condition::all()
-                        .add(run::Column::CreateTime.eq(t))
-                        .add(run::Column::Id.lt(id)),
-                ),
-            );
+            q = q.filter(crate::agents::before(
+                run::Column::CreateTime,
+                run::Column::Id,
+                t,
+                id,
+            ));
         }
         let rows = q
             .order_by_desc(run::Column::CreateTime)
