@@ -327,9 +327,7 @@ impl FlowEngine {
             if running.is_empty() {
                 let hold = next_timer.is_some_and(|t| t - now_micros() <= HOLD.as_micros() as i64);
                 if paused || !hold {
-                    let _ = flows
-                        .mutate(id, Guard::Owner(&me), Lease::Release, |_| Ok(()))
-                        .await;
+                    self.release(id).await;
                     return;
                 }
             }
@@ -367,11 +365,24 @@ impl FlowEngine {
                     }
                     _ = self.stopping.cancelled() => {
                         inflight.abort_all();
-                        let _ = flows.mutate(id, Guard::Owner(&me), Lease::Release, |_| Ok(())).await;
+                        self.release(id).await;
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// Lets run `id` go: it is claimed again when it is due. If that cannot be written, the lease
+    /// simply expires, later.
+    async fn release(&self, id: &str) {
+        let me = self.flows().me.to_string();
+        if let Err(e) = self
+            .flows()
+            .mutate(id, Guard::Owner(&me), Lease::Release, |_| Ok(()))
+            .await
+        {
+            tracing::warn!(error = %e, "flow run not released; its lease will expire");
         }
     }
 

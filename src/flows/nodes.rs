@@ -12,14 +12,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::plan::{error, input_struct};
+use super::plan::error;
 use crate::{
     api::AppState,
     pb::{
         ErrorInfo, FlowNode, FlowStep, RunStatus, RunTrigger, StartRunRequest, TriggerSource,
         flow_node::Kind, tool_node::Action,
     },
-    runs::json_struct,
+    runs::{json_struct, struct_json},
     tools::ToolContext,
 };
 
@@ -42,7 +42,7 @@ pub async fn execute(
     let timeout = node.timeout.as_ref().map(|d| {
         Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
     });
-    let input = input_struct(step);
+    let input = struct_json(step.input.as_ref());
     match &node.kind {
         Some(Kind::Agent(_)) => agent(site, &node.id, step.attempt, input, timeout, started).await,
         Some(Kind::Tool(t)) => match &t.action {

@@ -742,11 +742,6 @@ pub fn backoff_micros(r: &crate::pb::RetryPolicy, attempt: i32) -> i64 {
     (initial * mult.powi((attempt - 1).max(0))).min(max) as i64
 }
 
-/// Input of a node as a Struct, for tests and callers that show it.
-pub fn input_struct(s: &FlowStep) -> Value {
-    struct_json(s.input.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

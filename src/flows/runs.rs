@@ -137,7 +137,11 @@ impl Flows {
         self.wake.notify_one();
         if self.db.backend() == DbBackend::Postgres {
             for id in ids {
-                let _ = notify::send(&self.db, CHANNEL, &format!("{}\t{id}\t1", self.me)).await;
+                let payload = format!("{}\t{id}\t1", self.me);
+                if let Err(e) = notify::send(&self.db, CHANNEL, &payload).await {
+                    // The other processes find the run at their next poll.
+                    tracing::warn!(error = %e, "could not announce a queued flow run");
+                }
             }
         }
     }

@@ -476,7 +476,7 @@ fn check_images(images: &[crate::pb::Image]) -> Result<()> {
 }
 
 /// A run id is a UUID; anything else names no run.
-pub(crate) fn check_run_id(run_id: &str) -> Result<()> {
+fn check_run_id(run_id: &str) -> Result<()> {
     match uuid::Uuid::parse_str(run_id) {
         Ok(_) => Ok(()),
         Err(_) if run_id.is_empty() => Err(Error::invalid("run_id", "is required")),
