@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::{
     Res,
     grpc::{FlowClient, status_text},
-    load::Sample,
+    load::{self, Sample},
     runs::RUN_AGENT,
 };
 
@@ -64,23 +64,13 @@ pub async fn run(c: &mut FlowClient) -> Res<Sample> {
         flow_run_id: run.id,
         after_seq: 0,
     };
-    let mut stream = c
+    let stream = c
         .watch_flow_run(watch)
         .await
         .map_err(|s| status_text(&s))?
         .into_inner();
-    let (mut first, mut completed, mut last) = (None, None, None);
-    while let Some(ev) = stream.message().await.map_err(|s| status_text(&s))? {
-        let now = Instant::now();
-        first.get_or_insert(now - started);
-        completed = matches!(ev.event, Some(Event::FlowRunCompleted(_))).then(|| now - t0);
-        last = ev.event;
-    }
-    match completed {
-        Some(latency) => Ok(Sample {
-            latency,
-            first_event: first,
-        }),
-        None => Err(format!("the flow run ended with {last:?}")),
-    }
+    load::follow(stream, t0, started, |e| {
+        matches!(e.event, Some(Event::FlowRunCompleted(_)))
+    })
+    .await
 }

@@ -28,6 +28,30 @@ pub enum Conn {
     Flow(FlowClient),
 }
 
+/// Reads a watch stream to its end: the sample of a whole run (or flow run) whose last event is the
+/// completed one. `t0` is when the run was requested, `started` when that request was answered.
+pub async fn follow<E: std::fmt::Debug>(
+    mut stream: tonic::Streaming<E>,
+    t0: Instant,
+    started: Instant,
+    completed_by: impl Fn(&E) -> bool,
+) -> Res<Sample> {
+    let (mut first, mut completed, mut last) = (None, None, None);
+    while let Some(ev) = stream.message().await.map_err(|s| status_text(&s))? {
+        let now = Instant::now();
+        first.get_or_insert(now - started);
+        completed = completed_by(&ev).then(|| now - t0);
+        last = Some(ev);
+    }
+    match completed {
+        Some(latency) => Ok(Sample {
+            latency,
+            first_event: first,
+        }),
+        None => Err(format!("the run ended with {last:?}")),
+    }
+}
+
 impl Conn {
     /// One call of the benchmarked RPC.
     pub async fn call(&mut self, rpc: Rpc) -> Res<Sample> {

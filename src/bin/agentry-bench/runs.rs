@@ -11,7 +11,7 @@ use crate::{
     Res,
     grpc::{Client, RunClient, status_text},
     http::{self, HttpConn},
-    load::Sample,
+    load::{self, Sample},
     sse,
 };
 
@@ -73,25 +73,15 @@ pub async fn grpc_run(c: &mut RunClient, agent: &str) -> Res<Sample> {
         run_id: run.id,
         after_seq: 0,
     };
-    let mut stream = c
+    let stream = c
         .watch_run(watch)
         .await
         .map_err(|s| status_text(&s))?
         .into_inner();
-    let (mut first, mut completed, mut last) = (None, None, None);
-    while let Some(ev) = stream.message().await.map_err(|s| status_text(&s))? {
-        let now = Instant::now();
-        first.get_or_insert(now - started);
-        completed = matches!(ev.event, Some(run_event::Event::RunCompleted(_))).then(|| now - t0);
-        last = ev.event;
-    }
-    match completed {
-        Some(latency) => Ok(Sample {
-            latency,
-            first_event: first,
-        }),
-        None => Err(format!("the run ended with {last:?}")),
-    }
+    load::follow(stream, t0, started, |e| {
+        matches!(e.event, Some(run_event::Event::RunCompleted(_)))
+    })
+    .await
 }
 
 /// A whole run over the REST shim, on one HTTP/1.1 keep-alive connection: the POST, then the SSE stream
